@@ -1,0 +1,1 @@
+"""Reconciliation of bank statements against the ledger: matches, breaks and corrections."""
