@@ -1,0 +1,250 @@
+"""Settings for custody-ledger, read from the environment (django-environ) with development defaults.
+
+With no environment at all the project runs for development: DEBUG on, SQLite at var/db.sqlite3, an embedded
+SQLAlchemy/SQLite Celery broker, and every secret generated once into var/ (git-ignored). With
+DJANGO_DEBUG=false every secret must come from the environment, or startup fails with ImproperlyConfigured.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import environ
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.utils import get_random_secret_key
+from django.utils.translation import gettext_lazy as _
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+
+DEBUG: bool = env.bool("DJANGO_DEBUG", default=True)
+
+
+def secret_from_env_or_var(env_var: str, var_file: str, generate: Callable[[], str]) -> str:
+    """Return the secret in `env_var`; in DEBUG only, fall back to one generated once into var/`var_file`.
+
+    The file is written to a temporary name and hard-linked into place, so concurrent first starts (xdist
+    workers, the server and the Celery worker) all end up with the same value.
+    """
+    value: str = env.str(env_var, default="").strip()
+    if value:
+        return value
+    if not DEBUG:
+        raise ImproperlyConfigured(f"{env_var} must be set when DJANGO_DEBUG is false.")
+    path = VAR_DIR / var_file
+    if path.exists():
+        return path.read_text().strip()
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    value = generate()
+    fd, tmp_name = tempfile.mkstemp(dir=VAR_DIR, prefix=f".{var_file}.")
+    try:
+        with os.fdopen(fd, "w") as tmp:
+            tmp.write(value + "\n")
+        os.link(tmp_name, path)
+    except FileExistsError:
+        value = path.read_text().strip()
+    finally:
+        os.unlink(tmp_name)
+    return value
+
+
+def _new_ed25519_key() -> str:
+    return base64.b64encode(Ed25519PrivateKey.generate().private_bytes_raw()).decode()
+
+
+def _new_fernet_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+def _new_hash_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+SECRET_KEY = secret_from_env_or_var("DJANGO_SECRET_KEY", "secret_key", get_random_secret_key)
+
+ALLOWED_HOSTS: list[str] = env.list(
+    "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else []
+)
+CSRF_TRUSTED_ORIGINS: list[str] = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "django_celery_beat",
+    "ledger",
+    "custody",
+    "reconciliation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------------------------------------
+
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE takes the write lock at BEGIN, so two writers queue on `timeout` instead of failing with
+    # "database is locked" when one upgrades its read lock mid-transaction.
+    _db["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20, **_db.get("OPTIONS", {})}
+    if _db["NAME"] and _db["NAME"] != ":memory:":
+        Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    _db["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    _db["CONN_HEALTH_CHECKS"] = True
+    _db["ATOMIC_REQUESTS"] = False
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth ---------------------------------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# --- Language and time --------------------------------------------------------------------------------------
+
+LANGUAGE_CODE = "zh-hans"
+LANGUAGES = [("zh-hans", _("Simplified Chinese")), ("en", _("English"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+USE_I18N = True
+# Stored in UTC; shown, and working days counted, in Shanghai time.
+TIME_ZONE = "Asia/Shanghai"
+USE_TZ = True
+
+# --- Static files -------------------------------------------------------------------------------------------
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+# --- REST API -----------------------------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "custody-ledger API",
+    "DESCRIPTION": "校外培训预收费资金监管: supervision of prepaid tuition on a double-entry ledger.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Celery -------------------------------------------------------------------------------------------------
+
+# The default broker is embedded (SQLite through SQLAlchemy): development needs no Redis or RabbitMQ.
+CELERY_BROKER_URL: str = env.str(
+    "CELERY_BROKER_URL", default=f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}"
+)
+CELERY_RESULT_BACKEND: str | None = env.str("CELERY_RESULT_BACKEND", default=None)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER: bool = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_ENABLE_UTC = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# A task is acknowledged only after it ran, and re-queued if its worker dies: tasks must be idempotent.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+
+# --- Ledger and PII keys ------------------------------------------------------------------------------------
+
+# Base64 of a raw 32-byte Ed25519 private key; signs ledger checkpoints.
+LEDGER_SIGNING_KEY = secret_from_env_or_var("LEDGER_SIGNING_KEY", "ledger_signing_key", _new_ed25519_key)
+LEDGER_SIGNING_KEY_ID: str = env.str("LEDGER_SIGNING_KEY_ID", default="dev-1")
+try:
+    if len(base64.b64decode(LEDGER_SIGNING_KEY, validate=True)) != 32:
+        raise ValueError("not 32 bytes")
+except (binascii.Error, ValueError) as exc:
+    raise ImproperlyConfigured(f"LEDGER_SIGNING_KEY must be base64 of 32 raw bytes ({exc}).") from exc
+
+# Comma-separated Fernet keys; the first encrypts, all decrypt (rotation by prepending a new key).
+PII_ENCRYPTION_KEYS: list[str] = [
+    key.strip()
+    for key in secret_from_env_or_var("PII_ENCRYPTION_KEYS", "pii_keys", _new_fernet_key).split(",")
+    if key.strip()
+]
+if not PII_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("PII_ENCRYPTION_KEYS must hold at least one Fernet key.")
+for _key in PII_ENCRYPTION_KEYS:
+    try:
+        Fernet(_key)
+    except (binascii.Error, ValueError) as exc:
+        raise ImproperlyConfigured(
+            f"PII_ENCRYPTION_KEYS holds a key that is not a Fernet key ({exc})."
+        ) from exc
+# Key for the keyed hash (HMAC) that lets PII be looked up without decrypting it.
+PII_HASH_KEY = secret_from_env_or_var("PII_HASH_KEY", "pii_hash_key", _new_hash_key)
+
+# --- Logging ------------------------------------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+    },
+}
