@@ -1,0 +1,1 @@
+"""Benchmarks for custody-ledger; run with `make bench` (see bench/run.py)."""

@@ -1,0 +1,141 @@
+"""Run registered benchmarks and merge their results into bench/results.json.
+
+    .venv/bin/python bench/run.py                      # every benchmark
+    .venv/bin/python bench/run.py --only ledger.post_serial_tps
+    .venv/bin/python bench/run.py --list
+
+Benchmarks run against PostgreSQL only: DATABASE_URL must be a postgres:// URL, and when it is unset it
+defaults to postgres://postgres@127.0.0.1:5432/custody_bench. The database is created if missing and migrated
+before the first benchmark. results.json is a flat object
+{"key": {"value": ..., "unit": ..., "conditions": ...}}; keys not re-run keep their previous results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "bench"
+RESULTS_PATH = BENCH_DIR / "results.json"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/custody_bench"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="+", metavar="KEY", help="run only these benchmarks")
+    parser.add_argument("--list", action="store_true", help="list registered benchmarks and exit")
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="results file to merge into")
+    return parser.parse_args(argv)
+
+
+def configure_database() -> str:
+    url = os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
+    if not url.startswith(("postgres://", "postgresql://", "pgsql://")):
+        sys.exit(f"bench: DATABASE_URL must be PostgreSQL (got {url!r}); unset it for {DEFAULT_DATABASE_URL}")
+    return url
+
+
+def load_benchmarks() -> dict[str, Any]:
+    from bench.registry import REGISTRY
+
+    for path in sorted(BENCH_DIR.glob("bench_*.py")):
+        importlib.import_module(f"bench.{path.stem}")
+    return REGISTRY
+
+
+def prepare_database() -> None:
+    """Create the bench database if it does not exist, then apply migrations."""
+    import psycopg
+    from django.conf import settings
+    from django.core.management import call_command
+
+    db = settings.DATABASES["default"]
+    params: dict[str, Any] = {
+        "host": db.get("HOST") or None,
+        "port": db.get("PORT") or None,
+        "user": db.get("USER") or None,
+    }
+    if db.get("PASSWORD"):
+        params["password"] = db["PASSWORD"]
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone()
+        if not exists:
+            print(f"bench: creating database {db['NAME']}")
+            conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def merge_results(path: Path, new: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+    results.update(new)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dict(sorted(results.items())), indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return results
+
+
+def print_table(rows: dict[str, dict[str, Any]]) -> None:
+    width = max(len(key) for key in rows)
+    print(f"{'benchmark':<{width}}  {'value':>14}  {'unit':<12}  conditions")
+    for key, row in rows.items():
+        conditions = row["conditions"]
+        if not isinstance(conditions, str):
+            conditions = json.dumps(conditions, ensure_ascii=False)
+        value = row["value"]
+        shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+        print(f"{key:<{width}}  {shown:>14}  {row['unit']:<12}  {conditions}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_database()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    registry = load_benchmarks()
+
+    if args.list:
+        print("\n".join(sorted(registry)) or "no benchmarks registered")
+        return 0
+    keys = args.only or sorted(registry)
+    unknown = [key for key in keys if key not in registry]
+    if unknown:
+        known = ", ".join(sorted(registry)) or "none"
+        print(f"bench: unknown benchmark(s): {', '.join(unknown)}; known: {known}")
+        return 2
+    if not keys:
+        print("bench: no benchmarks registered yet (add bench/bench_*.py modules; see bench/registry.py)")
+        return 0
+
+    prepare_database()
+    new: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        print(f"bench: running {key} ...", flush=True)
+        started = time.perf_counter()
+        value, unit, conditions = registry[key]()
+        print(f"bench: {key} done in {time.perf_counter() - started:.1f} s", flush=True)
+        new[key] = {"value": value, "unit": unit, "conditions": conditions}
+        # Merge after each benchmark so a failure later keeps what was measured.
+        merge_results(args.results, {key: new[key]})
+    print()
+    print_table(new)
+    shown_path = args.results.relative_to(ROOT) if args.results.is_relative_to(ROOT) else args.results
+    print(f"\nbench: results merged into {shown_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
