@@ -15,8 +15,11 @@ pids=()
 stop_all() {
     trap - EXIT INT TERM
     local pid
-    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    # Celery finishes its running tasks on TERM (warm shutdown); give everything 15 s, then KILL.
+    # runserver: the autoreloader and its server child, as a group. Celery: only the main process, which
+    # stops its pool and beat itself after finishing running tasks (warm shutdown).
+    kill -TERM -- "-${pids[0]}" 2>/dev/null || true
+    kill -TERM -- "${pids[1]}" 2>/dev/null || true
+    # Give everything 15 s, then KILL whatever is left in either process group.
     for _ in $(seq 75); do
         local alive=0
         for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
