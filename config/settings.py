@@ -138,6 +138,9 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     _db["CONN_HEALTH_CHECKS"] = True
     _db["ATOMIC_REQUESTS"] = False
+    # Django binds parameters on the client and prepares nothing; the ledger's hot statement runs on a
+    # server-side-binding cursor that psycopg may prepare once per connection (it needs a threshold set).
+    _db["OPTIONS"] = {"prepare_threshold": 5, **_db.get("OPTIONS", {})}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

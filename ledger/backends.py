@@ -1,0 +1,264 @@
+"""How entries reach the database: one set-based statement on PostgreSQL, a plain path on SQLite.
+
+Both do the same thing, in the same order of locks: lock the touched accounts in id order, insert the entries
+(skipping keys that exist: idempotency), add the postings' amounts to the accounts' posted totals, and insert
+the postings with the running totals after each. Balance limits are CHECK constraints on the account rows, so
+an overdraft aborts the statement. The database then checks that every entry balances (see migrations).
+
+PostgreSQL does all of it in one statement, so a single transfer in autocommit mode is one round trip; a batch
+of 10,000 transfers is one statement too. SQLite is the embedded development database; its writers are
+serialised by ``BEGIN IMMEDIATE``, so the plain path needs no row locks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+from django.utils import timezone
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """A validated entry, ready to write. Legs are (account id, signed amount in minor units)."""
+
+    idempotency_key: str
+    request_hash: str
+    kind: str
+    legs: tuple[tuple[int, int], ...]
+    effective_at: datetime | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    reverses_id: int | None = None
+    pending_transfer_id: int | None = None
+
+
+@dataclass(frozen=True)
+class WrittenEntry:
+    id: int
+    idempotency_key: str
+    posted_at: datetime
+    effective_at: datetime
+
+
+_POSTGRES_POST_ENTRIES = """
+WITH
+e_in AS (
+    SELECT * FROM unnest(
+        %(keys)s::text[], %(hashes)s::text[], %(kinds)s::text[], %(effective)s::timestamptz[],
+        %(metadata)s::text[], %(reverses)s::bigint[], %(pending)s::bigint[]
+    ) WITH ORDINALITY AS t(idempotency_key, request_hash, kind, effective_at, metadata, reverses_id,
+                           pending_transfer_id, idx)
+),
+p_in AS (
+    SELECT * FROM unnest(%(p_entry)s::bigint[], %(p_account)s::bigint[], %(p_amount)s::bigint[])
+        WITH ORDINALITY AS t(idx, account_id, amount, ord)
+),
+locked AS (
+    SELECT a.id FROM ledger_account a
+    WHERE a.id IN (SELECT DISTINCT account_id FROM p_in)
+    ORDER BY a.id
+    FOR NO KEY UPDATE
+),
+stamp AS (
+    -- Taken after every lock is held, so posted_at never goes backwards on an account.
+    SELECT clock_timestamp() AS ts, count(*) AS n FROM locked
+),
+ins_e AS (
+    INSERT INTO ledger_entry (idempotency_key, request_hash, kind, posted_at, effective_at, metadata,
+                              reverses_id, pending_transfer_id)
+    SELECT e.idempotency_key, e.request_hash, e.kind, s.ts, coalesce(e.effective_at, s.ts),
+           e.metadata::jsonb, e.reverses_id, e.pending_transfer_id
+    FROM e_in e CROSS JOIN stamp s
+    ORDER BY e.idx
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, idempotency_key, posted_at, effective_at
+),
+queued AS (
+    INSERT INTO ledger_unsealedentry (entry_id) SELECT id FROM ins_e
+),
+new_p AS (
+    SELECT p.ord, p.account_id, p.amount, ie.id AS entry_id
+    FROM p_in p
+    JOIN e_in e ON e.idx = p.idx
+    JOIN ins_e ie ON ie.idempotency_key = e.idempotency_key
+),
+deltas AS (
+    SELECT account_id, sum(greatest(amount, 0)) AS dr, sum(greatest(-amount, 0)) AS cr, count(*) AS n
+    FROM new_p GROUP BY account_id
+),
+upd AS (
+    UPDATE ledger_account a
+    SET debits_posted = a.debits_posted + d.dr,
+        credits_posted = a.credits_posted + d.cr,
+        posting_count = a.posting_count + d.n
+    FROM deltas d
+    WHERE a.id = d.account_id
+    RETURNING a.id, a.currency, a.debits_posted - d.dr AS dr_before, a.credits_posted - d.cr AS cr_before
+),
+ins_p AS (
+    INSERT INTO ledger_posting
+        (entry_id, account_id, amount, currency, posted_at, debits_after, credits_after)
+    SELECT np.entry_id, np.account_id, np.amount, u.currency, s.ts,
+           u.dr_before + sum(greatest(np.amount, 0)) OVER w,
+           u.cr_before + sum(greatest(-np.amount, 0)) OVER w
+    FROM new_p np JOIN upd u ON u.id = np.account_id CROSS JOIN stamp s
+    WINDOW w AS (PARTITION BY np.account_id ORDER BY np.ord)
+    ORDER BY np.ord
+)
+SELECT id, idempotency_key, posted_at, effective_at FROM ins_e
+"""
+
+
+def post_entries(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
+    """Write the entries whose keys are new; return them by key. Existing keys are left to the caller."""
+    if not specs:
+        return {}
+    if connection.vendor == "postgresql":
+        return _post_entries_postgres(specs)
+    if connection.vendor == "sqlite":
+        return _post_entries_sqlite(specs)
+    raise NotImplementedError(f"the ledger supports PostgreSQL and SQLite, not {connection.vendor}")
+
+
+def _post_entries_postgres(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
+    p_entry: list[int] = []
+    p_account: list[int] = []
+    p_amount: list[int] = []
+    for index, spec in enumerate(specs, start=1):
+        for account_id, amount in spec.legs:
+            p_entry.append(index)
+            p_account.append(account_id)
+            p_amount.append(amount)
+    params = {
+        "keys": [s.idempotency_key for s in specs],
+        "hashes": [s.request_hash for s in specs],
+        "kinds": [s.kind for s in specs],
+        "effective": [s.effective_at for s in specs],
+        "metadata": [json.dumps(s.metadata, sort_keys=True) for s in specs],
+        "reverses": [s.reverses_id for s in specs],
+        "pending": [s.pending_transfer_id for s in specs],
+        "p_entry": p_entry,
+        "p_account": p_account,
+        "p_amount": p_amount,
+    }
+    connection.ensure_connection()
+    # Django binds parameters on the client, so PostgreSQL would plan this statement on every call; a
+    # server-side-binding cursor on the same connection (same transaction) lets it be prepared once.
+    import psycopg
+
+    try:
+        with psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(_POSTGRES_POST_ENTRIES, params, prepare=True)
+            rows = cursor.fetchall()
+    except psycopg.Error as error:
+        with connection.wrap_database_errors:
+            raise error
+    return {
+        key: WrittenEntry(id=id_, idempotency_key=key, posted_at=p, effective_at=e) for id_, key, p, e in rows
+    }
+
+
+def _post_entries_sqlite(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
+    """Same effect as the PostgreSQL statement. Postings go in before their entry: SQLite has no deferred
+    triggers, so its trigger checks an entry's balance when the entry row is inserted (see migrations)."""
+    written: dict[str, WrittenEntry] = {}
+    with connection.cursor() as cursor:
+        keys = [s.idempotency_key for s in specs]
+        existing: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            cursor.execute(
+                "SELECT idempotency_key FROM ledger_entry WHERE idempotency_key IN "
+                f"({','.join(['%s'] * len(chunk))})",
+                chunk,
+            )
+            existing.update(row[0] for row in cursor.fetchall())
+        cursor.execute("SELECT COALESCE(MAX(id), 0) FROM ledger_entry")
+        next_id = cursor.fetchone()[0] + 1
+        posted_at = timezone.now()
+        fresh = [s for s in specs if s.idempotency_key not in existing]
+        # Within one batch a key counts once: the first spec with it wins, as on PostgreSQL.
+        seen: set[str] = set()
+        to_write = []
+        for spec in fresh:
+            if spec.idempotency_key not in seen:
+                seen.add(spec.idempotency_key)
+                to_write.append(spec)
+        account_ids = sorted({account_id for spec in to_write for account_id, _ in spec.legs})
+        totals: dict[int, list[int]] = {}
+        currencies: dict[int, str] = {}
+        for start in range(0, len(account_ids), 500):
+            id_chunk = account_ids[start : start + 500]
+            cursor.execute(
+                "SELECT id, debits_posted, credits_posted, posting_count, currency FROM ledger_account "
+                f"WHERE id IN ({','.join(['%s'] * len(id_chunk))})",
+                id_chunk,
+            )
+            for id_, dr, cr, n, cur in cursor.fetchall():
+                totals[id_] = [dr, cr, n]
+                currencies[id_] = cur
+        deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+        postings = []
+        entries = []
+        for spec in to_write:
+            entry_id = next_id
+            next_id += 1
+            for account_id, amount in spec.legs:
+                t = totals[account_id]
+                if amount > 0:
+                    t[0] += amount
+                    deltas[account_id][0] += amount
+                else:
+                    t[1] -= amount
+                    deltas[account_id][1] -= amount
+                t[2] += 1
+                deltas[account_id][2] += 1
+                postings.append((entry_id, account_id, amount, currencies[account_id], posted_at, t[0], t[1]))
+            effective_at = spec.effective_at or posted_at
+            entries.append(
+                (
+                    entry_id,
+                    spec.idempotency_key,
+                    spec.request_hash,
+                    spec.kind,
+                    posted_at,
+                    effective_at,
+                    json.dumps(spec.metadata, sort_keys=True),
+                    spec.reverses_id,
+                    spec.pending_transfer_id,
+                )
+            )
+            written[spec.idempotency_key] = WrittenEntry(
+                entry_id, spec.idempotency_key, posted_at, effective_at
+            )
+        cursor.executemany(
+            "UPDATE ledger_account SET debits_posted = debits_posted + %s, "
+            "credits_posted = credits_posted + %s, "
+            "posting_count = posting_count + %s WHERE id = %s",
+            [(dr, cr, n, account_id) for account_id, (dr, cr, n) in sorted(deltas.items())],
+        )
+        cursor.executemany(
+            "INSERT INTO ledger_posting (entry_id, account_id, amount, currency, posted_at, debits_after, "
+            "credits_after) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(*p[:4], _sqlite_time(p[4]), p[5], p[6]) for p in postings],
+        )
+        cursor.executemany(
+            "INSERT INTO ledger_entry (id, idempotency_key, request_hash, kind, posted_at, effective_at, "
+            "metadata, "
+            "reverses_id, pending_transfer_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [(*e[:4], _sqlite_time(e[4]), _sqlite_time(e[5]), *e[6:]) for e in entries],
+        )
+        cursor.executemany(
+            "INSERT INTO ledger_unsealedentry (entry_id) VALUES (%s)", [(e[0],) for e in entries]
+        )
+    return written
+
+
+def _sqlite_time(moment: datetime) -> str:
+    # Django stores aware datetimes in SQLite as naive UTC text.
+    return connection.ops.adapt_datetimefield_value(moment)  # type: ignore[return-value]

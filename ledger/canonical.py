@@ -1,0 +1,67 @@
+"""Canonical forms: the bytes that request hashes and the hash chain are computed over.
+
+One implementation, used by the writers, the sealer and the verifiers, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def timestamp(moment: datetime | None) -> str | None:
+    """UTC, microseconds, always the same spelling."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def request_hash(payload: Mapping[str, Any]) -> str:
+    """What an idempotency key is bound to: the same key with other content is a conflict."""
+    return sha256_hex(canonical_json(payload))
+
+
+def entry_document(
+    *,
+    entry_id: int,
+    idempotency_key: str,
+    kind: str,
+    posted_at: datetime,
+    effective_at: datetime,
+    metadata: Mapping[str, Any],
+    reverses_id: int | None,
+    pending_transfer_id: int | None,
+    postings: Sequence[tuple[int, str, int, str]],
+) -> dict[str, Any]:
+    """The entry as the chain sees it; postings are (posting id, account code, amount, currency)."""
+    return {
+        "id": entry_id,
+        "key": idempotency_key,
+        "kind": kind,
+        "posted_at": timestamp(posted_at),
+        "effective_at": timestamp(effective_at),
+        "metadata": dict(metadata),
+        "reverses": reverses_id,
+        "pending": pending_transfer_id,
+        "postings": [
+            {"id": pid, "account": code, "amount": amount, "currency": currency}
+            for pid, code, amount, currency in sorted(postings)
+        ],
+    }
+
+
+def chain_hash(prev_hash: str, document: Mapping[str, Any]) -> str:
+    return sha256_hex(bytes.fromhex(prev_hash) + canonical_json(document))

@@ -1,0 +1,192 @@
+"""The hash chain over entries, and signed checkpoints of its head.
+
+Writers only queue new entries (``UnsealedEntry``); ``seal`` appends them to the chain in order, computing
+hash = SHA-256(previous hash || canonical entry). A checkpoint signs (Ed25519) the chain head, so a regulator
+who keeps checkpoints can detect any history rewritten afterwards with the public key alone.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from ledger.canonical import GENESIS_HASH, canonical_json, chain_hash, entry_document, timestamp
+from ledger.models import ChainLink, Checkpoint, Entry, Posting, UnsealedEntry
+
+SEAL_CHUNK = 5_000
+_SEALER_LOCK_ID = 0x1ED6E5  # a constant advisory-lock id: one sealer at a time
+
+
+def documents_for(entry_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Canonical documents for these entries, read with two queries."""
+    entries = Entry.objects.filter(pk__in=entry_ids).values_list(
+        "id",
+        "idempotency_key",
+        "kind",
+        "posted_at",
+        "effective_at",
+        "metadata",
+        "reverses_id",
+        "pending_transfer_id",
+    )
+    postings: dict[int, list[tuple[int, str, int, str]]] = {eid: [] for eid in entry_ids}
+    for pid, eid, code, amount, currency in Posting.objects.filter(entry_id__in=entry_ids).values_list(
+        "id", "entry_id", "account__code", "amount", "currency"
+    ):
+        postings[eid].append((pid, code, amount, currency))
+    return {
+        row[0]: entry_document(
+            entry_id=row[0],
+            idempotency_key=row[1],
+            kind=row[2],
+            posted_at=row[3],
+            effective_at=row[4],
+            metadata=row[5],
+            reverses_id=row[6],
+            pending_transfer_id=row[7],
+            postings=postings[row[0]],
+        )
+        for row in entries
+    }
+
+
+def seal(*, limit: int | None = None) -> int:
+    """Append queued entries to the chain, oldest first. Safe to run concurrently and to re-run."""
+    sealed = 0
+    while limit is None or sealed < limit:
+        chunk = SEAL_CHUNK if limit is None else min(SEAL_CHUNK, limit - sealed)
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SEALER_LOCK_ID])
+            queued = list(
+                UnsealedEntry.objects.order_by("entry_id").values_list("entry_id", flat=True)[:chunk]
+            )
+            if not queued:
+                break
+            head = ChainLink.objects.order_by("-seq").values_list("seq", "hash").first() or (0, GENESIS_HASH)
+            seq, prev = head
+            docs = documents_for(queued)
+            now = timezone.now()
+            links = []
+            for entry_id in queued:
+                seq += 1
+                digest = chain_hash(prev, docs[entry_id])
+                links.append(
+                    ChainLink(seq=seq, entry_id=entry_id, prev_hash=prev, hash=digest, sealed_at=now)
+                )
+                prev = digest
+            ChainLink.objects.bulk_create(links)
+            UnsealedEntry.objects.filter(entry_id__in=queued).delete()
+            sealed += len(queued)
+    return sealed
+
+
+# --- signing --------------------------------------------------------------------------------------------
+
+
+def _signing_key() -> tuple[str, Ed25519PrivateKey]:
+    raw = base64.b64decode(settings.LEDGER_SIGNING_KEY)
+    return settings.LEDGER_SIGNING_KEY_ID, Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def public_key_hex(private: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def trusted_public_keys() -> dict[str, str]:
+    """Key id -> raw public key (hex) that checkpoints may be signed with: the current key, plus retired keys
+    kept in ``LEDGER_VERIFY_KEYS`` (``id:hex,id:hex``) so old checkpoints still verify after rotation."""
+    key_id, private = _signing_key()
+    keys = dict(getattr(settings, "LEDGER_VERIFY_KEYS", {}) or {})
+    keys[key_id] = public_key_hex(private)
+    return keys
+
+
+def create_checkpoint(*, extra: dict[str, Any] | None = None) -> Checkpoint:
+    """Seal what is queued, then sign the chain head (and any ``extra`` fields, e.g. Merkle roots)."""
+    seal()
+    with transaction.atomic():
+        head = ChainLink.objects.order_by("-seq").values_list("seq", "hash").first() or (0, GENESIS_HASH)
+        key_id, private = _signing_key()
+        created_at = timezone.now()
+        body = {
+            "chain_seq": head[0],
+            "chain_hash": head[1],
+            "created_at": timestamp(created_at),
+            "key_id": key_id,
+            **(extra or {}),
+        }
+        payload = canonical_json(body)
+        return Checkpoint.objects.create(
+            created_at=created_at,
+            chain_seq=head[0],
+            chain_hash=head[1],
+            payload=payload.decode(),
+            key_id=key_id,
+            public_key=public_key_hex(private),
+            signature=private.sign(payload).hex(),
+        )
+
+
+def signature_valid(payload: str, signature_hex: str, public_key_hex_value: str) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex_value)).verify(
+            bytes.fromhex(signature_hex), payload.encode()
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class LinkCheck:
+    seq: int
+    entry_id: int | None
+    problem: str
+
+
+def walk_chain(*, chunk: int = SEAL_CHUNK, progress: Any = None) -> Iterator[LinkCheck]:
+    """Recompute every link from the entries as they are now; yield each link that does not match."""
+    prev = GENESIS_HASH
+    expected_seq = 0
+    last_seq = 0
+    while True:
+        links = list(
+            ChainLink.objects.filter(seq__gt=last_seq)
+            .order_by("seq")
+            .values_list("seq", "entry_id", "prev_hash", "hash")[:chunk]
+        )
+        if not links:
+            break
+        docs = documents_for([link[1] for link in links])
+        for seq, entry_id, prev_hash, digest in links:
+            expected_seq += 1
+            if seq != expected_seq:
+                yield LinkCheck(seq, entry_id, f"chain sequence jumps from {expected_seq - 1} to {seq}")
+                expected_seq = seq
+            if prev_hash != prev:
+                yield LinkCheck(seq, entry_id, "link does not follow the previous one (prev_hash differs)")
+            document = docs.get(entry_id)
+            if document is None:
+                yield LinkCheck(seq, entry_id, f"entry {entry_id} of link {seq} is missing")
+            elif chain_hash(prev_hash, document) != digest:
+                yield LinkCheck(seq, entry_id, f"entry {entry_id} differs from what was sealed at link {seq}")
+            prev = digest
+        last_seq = links[-1][0]
+        if progress:
+            progress(len(links))
+
+
+def link_hashes(seqs: Iterable[int]) -> dict[int, str]:
+    return dict(ChainLink.objects.filter(seq__in=list(seqs)).values_list("seq", "hash"))

@@ -1,0 +1,20 @@
+"""``python manage.py ledger_checkpoint``: seal queued entries and sign the chain head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from ledger import chain
+
+
+class Command(BaseCommand):
+    help = "封存并签名 Seal queued entries into the hash chain and sign a checkpoint of its head."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        checkpoint = chain.create_checkpoint()
+        self.stdout.write(
+            f"checkpoint {checkpoint.pk}: link {checkpoint.chain_seq} hash {checkpoint.chain_hash} "
+            f"signed by key {checkpoint.key_id}"
+        )

@@ -1,0 +1,784 @@
+"""The ledger's write API. Every money movement in the product goes through these functions.
+
+Each function is atomic and idempotent: it takes an ``idempotency_key``; calling it again with the same key
+and the same content returns the first result and writes nothing, with other content it raises
+``IdempotencyConflict``. Amounts are ``Money`` here and integers of minor units inside.
+
+- ``open_account``: an account of the chart, with its currency and balance limit.
+- ``post_entry`` / ``transfer``: one balanced entry; ``post_batch``: many, in one statement.
+- ``create_pending`` / ``post_pending`` / ``void_pending`` / ``expire_pending``: two-phase transfers (holds),
+  one at a time or in bulk (``resolve_pending_batch``).
+- ``reverse_entry``: the only way to correct a posted entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+from moneyed import Money
+
+from ledger import backends, clock
+from ledger.backends import EntrySpec
+from ledger.canonical import request_hash, timestamp
+from ledger.errors import (
+    AccountConflict,
+    AccountNotFound,
+    CurrencyMismatch,
+    IdempotencyConflict,
+    InvalidAmount,
+    InvalidEntry,
+    LedgerError,
+    LimitExceeded,
+    PendingTransferError,
+    ReversalError,
+    UnbalancedEntry,
+)
+from ledger.models import Account, AccountType, Entry, PendingTransfer
+from ledger.money import to_minor
+
+AccountRef = Account | str
+Side = Literal["debit", "credit"]
+Limit = Literal["none", "debits_must_not_exceed_credits", "credits_must_not_exceed_debits"]
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One side of an entry: ``Leg(account, Money("10.00", "CNY"), "debit")``. Amounts are positive."""
+
+    account: AccountRef
+    amount: Money
+    side: Side
+
+
+def debit(account: AccountRef, amount: Money) -> Leg:
+    return Leg(account, amount, "debit")
+
+
+def credit(account: AccountRef, amount: Money) -> Leg:
+    return Leg(account, amount, "credit")
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    idempotency_key: str
+    kind: str
+    legs: Sequence[Leg]
+    effective_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchFailure:
+    index: int
+    idempotency_key: str
+    error: LedgerError
+
+
+@dataclass
+class BatchResult:
+    entries: list[Entry]
+    created: int
+    replayed: int
+    failures: list[BatchFailure]
+
+
+# --- accounts -------------------------------------------------------------------------------------------
+
+
+def open_account(
+    *,
+    code: str,
+    type: AccountType | str,
+    currency: str = "CNY",
+    limit: Limit = "none",
+    name: str = "",
+    metadata: Mapping[str, Any] | None = None,
+) -> Account:
+    """Create the account, or return it if it exists with the same type, currency and limit."""
+    attributes = {
+        "type": AccountType(type),
+        "currency": currency.upper(),
+        "debits_must_not_exceed_credits": limit == "debits_must_not_exceed_credits",
+        "credits_must_not_exceed_debits": limit == "credits_must_not_exceed_debits",
+    }
+    try:
+        with transaction.atomic():
+            account, created = Account.objects.get_or_create(
+                code=code, defaults={**attributes, "name": name, "metadata": dict(metadata or {})}
+            )
+    except IntegrityError:
+        account, created = Account.objects.get(code=code), False
+    if not created:
+        differing = {k: v for k, v in attributes.items() if getattr(account, k) != v}
+        if differing:
+            raise AccountConflict(
+                f"account {code} exists with other attributes: {sorted(differing)}", code=code
+            )
+    return account
+
+
+def get_account(ref: AccountRef) -> Account:
+    if isinstance(ref, Account):
+        return ref
+    try:
+        return Account.objects.get(code=ref)
+    except Account.DoesNotExist:
+        raise AccountNotFound(f"no account {ref}", code=ref) from None
+
+
+# --- entries --------------------------------------------------------------------------------------------
+
+
+def transfer(
+    *,
+    idempotency_key: str,
+    kind: str,
+    debit_account: AccountRef,
+    credit_account: AccountRef,
+    amount: Money,
+    effective_at: datetime | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Entry:
+    """Move ``amount`` from ``credit_account`` to ``debit_account`` (Dr debit_account / Cr credit_account)."""
+    return post_entry(
+        idempotency_key=idempotency_key,
+        kind=kind,
+        legs=[debit(debit_account, amount), credit(credit_account, amount)],
+        effective_at=effective_at,
+        metadata=metadata,
+    )
+
+
+def post_entry(
+    *,
+    idempotency_key: str,
+    kind: str,
+    legs: Sequence[Leg],
+    effective_at: datetime | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Entry:
+    new = NewEntry(idempotency_key, kind, legs, effective_at, metadata or {})
+    result = post_batch(entries=[new], on_error="rollback")
+    return result.entries[0]
+
+
+def post_batch(
+    *, entries: Sequence[NewEntry], on_error: Literal["rollback", "skip"] = "rollback"
+) -> BatchResult:
+    """Post many entries atomically with set-based SQL.
+
+    ``on_error="rollback"``: any bad entry raises and nothing is posted. ``on_error="skip"``: bad entries are
+    reported in ``failures`` and the rest are posted. Entries whose keys were posted before are replayed.
+    """
+    accounts = _resolve_accounts(leg.account for new in entries for leg in new.legs)
+    specs: list[EntrySpec | None] = []
+    failures: list[BatchFailure] = []
+    for index, new in enumerate(entries):
+        try:
+            specs.append(_entry_spec(new, accounts))
+        except LedgerError as error:
+            if on_error == "rollback":
+                raise
+            specs.append(None)
+            failures.append(BatchFailure(index, new.idempotency_key, error))
+    return _write_specs(specs, failures, on_error)
+
+
+def reverse_entry(*, entry: Entry, idempotency_key: str, reason: str) -> Entry:
+    """Post the mirror image of ``entry``. An entry is reversed at most once; a reversal is not reversed."""
+    if entry.reverses_id is not None:
+        raise ReversalError(f"entry {entry.pk} is itself a reversal", entry_id=entry.pk)
+    if entry.pending_transfer_id is not None:
+        raise ReversalError(
+            f"entry {entry.pk} posts a pending transfer; void the hold instead", entry_id=entry.pk
+        )
+    legs = [(p.account_id, -p.amount) for p in entry.postings.all()]
+    spec = EntrySpec(
+        idempotency_key=idempotency_key,
+        kind="reversal",
+        legs=tuple(sorted(legs)),
+        metadata={"reason": reason, "reverses_kind": entry.kind},
+        reverses_id=entry.pk,
+        request_hash=request_hash({"op": "reverse", "entry": entry.pk, "reason": reason}),
+    )
+    try:
+        return _write_specs([spec], [], "rollback").entries[0]
+    except IntegrityError as error:
+        if "reversed_once" in str(error) or "reverses_id" in str(error):
+            raise ReversalError(f"entry {entry.pk} is already reversed", entry_id=entry.pk) from None
+        raise
+
+
+def _resolve_accounts(refs: Iterable[AccountRef]) -> dict[str, Account]:
+    """Accounts by code; codes are looked up in one query."""
+    found: dict[str, Account] = {}
+    codes: set[str] = set()
+    for ref in refs:
+        if isinstance(ref, Account):
+            found[ref.code] = ref
+        else:
+            codes.add(ref)
+    codes -= found.keys()
+    if codes:
+        found.update({a.code: a for a in Account.objects.filter(code__in=codes)})
+        missing = codes - found.keys()
+        if missing:
+            raise AccountNotFound(f"no account {sorted(missing)[0]}", code=sorted(missing)[0])
+    return found
+
+
+def _entry_spec(new: NewEntry, accounts: Mapping[str, Account]) -> EntrySpec:
+    if not new.idempotency_key or len(new.idempotency_key) > 200:
+        raise InvalidEntry("an idempotency key of 1 to 200 characters is required")
+    if len(new.legs) < 2:
+        raise InvalidEntry(f"an entry needs at least 2 postings, got {len(new.legs)}")
+    by_account: dict[int, int] = {}
+    per_currency: dict[str, int] = defaultdict(int)
+    for leg in new.legs:
+        account = accounts[leg.account.code if isinstance(leg.account, Account) else leg.account]
+        minor = to_minor(leg.amount)
+        if minor <= 0:
+            raise InvalidAmount(f"posting amounts must be positive, got {leg.amount}", account=account.code)
+        if leg.amount.currency.code != account.currency:
+            raise CurrencyMismatch(
+                f"account {account.code} is in {account.currency}, not {leg.amount.currency.code}",
+                account=account.code,
+            )
+        if account.pk in by_account:
+            raise InvalidEntry(f"account {account.code} appears twice in one entry", account=account.code)
+        signed = minor if leg.side == "debit" else -minor
+        by_account[account.pk] = signed
+        per_currency[account.currency] += signed
+    for currency, total in per_currency.items():
+        if total != 0:
+            raise UnbalancedEntry(
+                f"debits and credits differ by {total} minor units of {currency}",
+                currency=currency,
+                difference=total,
+            )
+    legs = tuple(sorted(by_account.items()))
+    metadata = dict(new.metadata)
+    return EntrySpec(
+        idempotency_key=new.idempotency_key,
+        request_hash=request_hash(
+            {
+                "op": "entry",
+                "kind": new.kind,
+                "legs": legs,
+                "effective_at": timestamp(new.effective_at),
+                "metadata": metadata,
+            }
+        ),
+        kind=new.kind,
+        legs=legs,
+        effective_at=new.effective_at,
+        metadata=metadata,
+    )
+
+
+def _write_specs(
+    specs: Sequence[EntrySpec | None], failures: list[BatchFailure], on_error: Literal["rollback", "skip"]
+) -> BatchResult:
+    """Write the specs, replay the known keys, and in skip mode isolate entries that break a limit."""
+    valid = [(i, s) for i, s in enumerate(specs) if s is not None]
+    # A key repeated inside one batch: the same content is one entry, other content is a conflict.
+    first_hash: dict[str, str] = {}
+    unique: list[tuple[int, EntrySpec]] = []
+    for index, spec in valid:
+        known = first_hash.get(spec.idempotency_key)
+        if known is None:
+            first_hash[spec.idempotency_key] = spec.request_hash
+            unique.append((index, spec))
+        elif known != spec.request_hash:
+            error = IdempotencyConflict(
+                f"idempotency key {spec.idempotency_key} used twice in one batch with different content",
+                key=spec.idempotency_key,
+            )
+            if on_error == "rollback":
+                raise error
+            failures.append(BatchFailure(index, spec.idempotency_key, error))
+
+    written: dict[str, backends.WrittenEntry] = {}
+    # One entry outside any transaction: its single statement is atomic on its own (autocommit), and if its
+    # key exists nothing was written, so the replay check needs no transaction either. One round trip in all.
+    autocommit = connection.vendor == "postgresql" and len(unique) == 1 and not connection.in_atomic_block
+    with contextlib.nullcontext() if autocommit else transaction.atomic():
+        specs_to_write = [s for _, s in unique]
+        if on_error == "rollback":
+            written = _write_or_explain(specs_to_write, savepoint=not autocommit)
+        else:
+            _write_isolating(
+                specs_to_write, [i for i, _ in unique], written, failures, savepoint=not autocommit
+            )
+        existing = _existing_entries(
+            [s.idempotency_key for _, s in unique if s.idempotency_key not in written]
+        )
+        for index, spec in unique:
+            if spec.idempotency_key in written or spec.idempotency_key not in existing:
+                continue
+            if existing[spec.idempotency_key].request_hash != spec.request_hash:
+                error = IdempotencyConflict(
+                    f"idempotency key {spec.idempotency_key} was used before with different content",
+                    key=spec.idempotency_key,
+                )
+                if on_error == "rollback":
+                    raise error
+                failures.append(BatchFailure(index, spec.idempotency_key, error))
+
+    failed = {f.idempotency_key for f in failures}
+    entries: list[Entry] = []
+    seen: set[str] = set()
+    for maybe_spec in specs:
+        if maybe_spec is None or maybe_spec.idempotency_key in failed or maybe_spec.idempotency_key in seen:
+            continue
+        spec = maybe_spec
+        seen.add(spec.idempotency_key)
+        if spec.idempotency_key in written:
+            w = written[spec.idempotency_key]
+            entry = Entry(
+                id=w.id,
+                idempotency_key=spec.idempotency_key,
+                request_hash=spec.request_hash,
+                kind=spec.kind,
+                posted_at=w.posted_at,
+                effective_at=w.effective_at,
+                metadata=spec.metadata,
+                reverses_id=spec.reverses_id,
+                pending_transfer_id=spec.pending_transfer_id,
+            )
+            entry._state.adding = False
+            entries.append(entry)
+        else:
+            entries.append(existing[spec.idempotency_key])
+    return BatchResult(
+        entries=entries, created=len(written), replayed=len(entries) - len(written), failures=failures
+    )
+
+
+def _write_or_explain(
+    specs: Sequence[EntrySpec], *, savepoint: bool = True
+) -> dict[str, backends.WrittenEntry]:
+    """Write in one statement; turn a balance-limit violation into LimitExceeded with its numbers.
+
+    The savepoint keeps a caller's transaction usable after a refused statement."""
+    try:
+        if not savepoint:
+            return backends.post_entries(specs)
+        with transaction.atomic():
+            return backends.post_entries(specs)
+    except IntegrityError as error:
+        raise _explain_integrity_error(error, specs) from None
+
+
+def _write_isolating(
+    specs: list[EntrySpec],
+    indexes: list[int],
+    written: dict[str, backends.WrittenEntry],
+    failures: list[BatchFailure],
+    *,
+    savepoint: bool = True,
+) -> None:
+    """Skip mode: write the whole set; if it breaks a limit, split it in halves until the bad entries are
+    alone. k bad entries in n cost about k·log(n) extra statements, and good entries still go in sets."""
+    if not specs:
+        return
+    try:
+        written.update(_write_or_explain(specs, savepoint=savepoint))
+    except LimitExceeded as error:
+        if len(specs) == 1:
+            failures.append(BatchFailure(indexes[0], specs[0].idempotency_key, error))
+            return
+        middle = len(specs) // 2
+        _write_isolating(specs[:middle], indexes[:middle], written, failures)
+        _write_isolating(specs[middle:], indexes[middle:], written, failures)
+
+
+def _existing_entries(keys: Sequence[str]) -> dict[str, Entry]:
+    if not keys:
+        return {}
+    return {e.idempotency_key: e for e in Entry.objects.filter(idempotency_key__in=keys)}
+
+
+def _explain_integrity_error(
+    error: IntegrityError, specs: Sequence[EntrySpec]
+) -> LedgerError | IntegrityError:
+    text = str(error)
+    if "within_credits" not in text and "within_debits" not in text and "non_negative" not in text:
+        return error
+    # Find an account the set would push past its limit, from the current totals.
+    deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for spec in specs:
+        for account_id, amount in spec.legs:
+            deltas[account_id][0 if amount > 0 else 1] += abs(amount)
+    for account in Account.objects.filter(pk__in=deltas.keys()).order_by("pk"):
+        dr, cr = deltas[account.pk]
+        return_error = _limit_error(account, extra_debits=dr, extra_credits=cr)
+        if return_error:
+            return return_error
+    return LimitExceeded("a balance limit would be exceeded")
+
+
+def _limit_error(account: Account, *, extra_debits: int = 0, extra_credits: int = 0) -> LimitExceeded | None:
+    if account.debits_must_not_exceed_credits:
+        available = account.credits_posted - account.debits_posted - account.debits_pending
+        if extra_debits - extra_credits > available:
+            return LimitExceeded(
+                f"account {account.code} would go below zero: "
+                f"available {available}, requested {extra_debits}",
+                account=account.code,
+                available=available,
+                requested=extra_debits,
+            )
+    if account.credits_must_not_exceed_debits:
+        available = account.debits_posted - account.credits_posted - account.credits_pending
+        if extra_credits - extra_debits > available:
+            return LimitExceeded(
+                f"account {account.code} would go below zero: "
+                f"available {available}, requested {extra_credits}",
+                account=account.code,
+                available=available,
+                requested=extra_credits,
+            )
+    return None
+
+
+# --- pending transfers ----------------------------------------------------------------------------------
+
+
+def create_pending(
+    *,
+    idempotency_key: str,
+    kind: str,
+    debit_account: AccountRef,
+    credit_account: AccountRef,
+    amount: Money,
+    expires_at: datetime | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> PendingTransfer:
+    """Reserve ``amount`` (Dr debit_account / Cr credit_account) until it is posted, voided or expires.
+
+    The reservation counts against the debit account's limit at once, so nothing can spend it twice.
+    """
+    return create_pending_batch(
+        transfers=[
+            NewPending(
+                idempotency_key, kind, debit_account, credit_account, amount, expires_at, metadata or {}
+            )
+        ]
+    )[0]
+
+
+@dataclass(frozen=True)
+class NewPending:
+    idempotency_key: str
+    kind: str
+    debit_account: AccountRef
+    credit_account: AccountRef
+    amount: Money
+    expires_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def create_pending_batch(*, transfers: Sequence[NewPending]) -> list[PendingTransfer]:
+    """Create many holds atomically (all or none). Keys seen before are replayed."""
+    accounts = _resolve_accounts([t.debit_account for t in transfers] + [t.credit_account for t in transfers])
+    rows: list[PendingTransfer] = []
+    hashes: dict[str, str] = {}
+    for t in transfers:
+        dr = accounts[t.debit_account.code if isinstance(t.debit_account, Account) else t.debit_account]
+        cr = accounts[t.credit_account.code if isinstance(t.credit_account, Account) else t.credit_account]
+        minor = to_minor(t.amount)
+        if minor <= 0:
+            raise InvalidAmount(f"a pending transfer must be positive, got {t.amount}")
+        if dr.pk == cr.pk:
+            raise InvalidEntry("a pending transfer needs two different accounts")
+        for account in (dr, cr):
+            if account.currency != t.amount.currency.code:
+                raise CurrencyMismatch(
+                    f"account {account.code} is in {account.currency}", account=account.code
+                )
+        digest = request_hash(
+            {
+                "op": "pending",
+                "kind": t.kind,
+                "dr": dr.pk,
+                "cr": cr.pk,
+                "amount": minor,
+                "expires_at": timestamp(t.expires_at),
+                "metadata": dict(t.metadata),
+            }
+        )
+        if hashes.setdefault(t.idempotency_key, digest) != digest:
+            raise IdempotencyConflict(
+                f"idempotency key {t.idempotency_key} used twice with different content"
+            )
+        rows.append(
+            PendingTransfer(
+                idempotency_key=t.idempotency_key,
+                request_hash=digest,
+                kind=t.kind,
+                debit_account=dr,
+                credit_account=cr,
+                amount=minor,
+                currency=dr.currency,
+                expires_at=t.expires_at,
+                metadata=dict(t.metadata),
+            )
+        )
+    existing = {
+        p.idempotency_key: p for p in PendingTransfer.objects.filter(idempotency_key__in=hashes.keys())
+    }
+    for key, p in existing.items():
+        if p.request_hash != hashes[key]:
+            raise IdempotencyConflict(
+                f"idempotency key {key} was used before with different content", key=key
+            )
+    fresh: list[PendingTransfer] = []
+    seen: set[str] = set(existing)
+    for row in rows:
+        if row.idempotency_key not in seen:
+            seen.add(row.idempotency_key)
+            fresh.append(row)
+    if fresh:
+        try:
+            with transaction.atomic():
+                debits: dict[int, int] = defaultdict(int)
+                credits: dict[int, int] = defaultdict(int)
+                for row in fresh:
+                    debits[row.debit_account_id] += row.amount
+                    credits[row.credit_account_id] += row.amount
+                _lock_accounts(debits.keys() | credits.keys())
+                _add_to_pending_totals(debits, credits, sign=+1)
+                now = timezone.now()
+                for row in fresh:
+                    row.created_at = now
+                PendingTransfer.objects.bulk_create(fresh, batch_size=2000)
+        except IntegrityError as error:
+            if "idempotency_key" in str(error):
+                # A concurrent request with the same key won; replay its result.
+                return create_pending_batch(transfers=transfers)
+            explained = _explain_pending_limit(error, fresh)
+            raise explained from None
+    by_key = {p.idempotency_key: p for p in PendingTransfer.objects.filter(idempotency_key__in=hashes.keys())}
+    return [by_key[t.idempotency_key] for t in transfers]
+
+
+def _explain_pending_limit(
+    error: IntegrityError, rows: Sequence[PendingTransfer]
+) -> LedgerError | IntegrityError:
+    text = str(error)
+    if "within_credits" not in text and "within_debits" not in text:
+        return error
+    debits: dict[int, int] = defaultdict(int)
+    credits: dict[int, int] = defaultdict(int)
+    for row in rows:
+        debits[row.debit_account_id] += row.amount
+        credits[row.credit_account_id] += row.amount
+    for account in Account.objects.filter(pk__in=debits.keys() | credits.keys()).order_by("pk"):
+        found = _limit_error(account, extra_debits=debits[account.pk], extra_credits=credits[account.pk])
+        if found:
+            return found
+    return LimitExceeded("a balance limit would be exceeded")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Post (all, or ``amount`` of it) or void one pending transfer."""
+
+    transfer_id: int
+    action: Literal["post", "void", "expire"]
+    idempotency_key: str
+    amount: Money | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def post_pending(
+    *,
+    transfer: PendingTransfer,
+    idempotency_key: str,
+    amount: Money | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Entry:
+    """Post the hold, in full or ``amount`` of it (the rest is released). Returns the posting entry."""
+    resolve_pending_batch(
+        resolutions=[Resolution(transfer.pk, "post", idempotency_key, amount, metadata or {})]
+    )
+    return Entry.objects.get(pending_transfer_id=transfer.pk)
+
+
+def void_pending(*, transfer: PendingTransfer, idempotency_key: str) -> PendingTransfer:
+    """Release the hold; nothing is posted."""
+    resolve_pending_batch(resolutions=[Resolution(transfer.pk, "void", idempotency_key)])
+    return PendingTransfer.objects.get(pk=transfer.pk)
+
+
+def expire_pending(*, now: datetime | None = None, limit: int = 10_000) -> int:
+    """Expire holds whose ``expires_at`` has passed (business time). Returns how many expired."""
+    moment = now or clock.now()
+    due = list(
+        PendingTransfer.objects.filter(state=PendingTransfer.State.PENDING, expires_at__lte=moment)
+        .order_by("id")
+        .values_list("id", "idempotency_key")[:limit]
+    )
+    if not due:
+        return 0
+    result = resolve_pending_batch(
+        resolutions=[Resolution(pk, "expire", f"{key}:expire") for pk, key in due], skip_resolved=True
+    )
+    return result
+
+
+def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: bool = False) -> int:
+    """Post, void or expire many holds in one transaction with set-based SQL. Returns how many changed.
+
+    A resolution whose key already resolved that transfer the same way is a replay and changes nothing. Any
+    other resolution of a transfer that is no longer pending raises PendingTransferError (or, with
+    ``skip_resolved``, is left alone: for jobs such as expiry that race with people).
+    """
+    if not resolutions:
+        return 0
+    ids = [r.transfer_id for r in resolutions]
+    if len(set(ids)) != len(ids):
+        raise PendingTransferError("a batch may resolve each pending transfer once")
+    with transaction.atomic():
+        account_ids: set[int] = set()
+        for dr, cr in PendingTransfer.objects.filter(pk__in=ids).values_list(
+            "debit_account_id", "credit_account_id"
+        ):
+            account_ids.update((dr, cr))
+        _lock_accounts(account_ids)
+        transfers = {p.pk: p for p in PendingTransfer.objects.select_for_update().filter(pk__in=ids)}
+        missing = set(ids) - transfers.keys()
+        if missing:
+            raise PendingTransferError(f"no pending transfer {min(missing)}", transfer_id=min(missing))
+        now = timezone.now()
+        to_apply: list[tuple[PendingTransfer, Resolution, int | None]] = []
+        for r in resolutions:
+            p = transfers[r.transfer_id]
+            state = {"post": "posted", "void": "voided", "expire": "expired"}[r.action]
+            if p.state != PendingTransfer.State.PENDING:
+                if p.resolution_key == r.idempotency_key and p.state == state:
+                    if r.action == "post" and r.amount is not None and to_minor(r.amount) != p.posted_amount:
+                        raise IdempotencyConflict(
+                            f"idempotency key {r.idempotency_key} posted {p.posted_amount}, "
+                            f"not {to_minor(r.amount)}",
+                            key=r.idempotency_key,
+                        )
+                    continue
+                if skip_resolved:
+                    continue
+                raise PendingTransferError(
+                    f"pending transfer {p.pk} is already {p.state}; it cannot be {state}",
+                    transfer_id=p.pk,
+                    state=p.state,
+                )
+            posted: int | None = None
+            if r.action == "post":
+                posted = p.amount if r.amount is None else to_minor(r.amount)
+                if r.amount is not None and r.amount.currency.code != p.currency:
+                    raise CurrencyMismatch(f"pending transfer {p.pk} is in {p.currency}")
+                if not 0 < posted <= p.amount:
+                    raise PendingTransferError(
+                        f"pending transfer {p.pk} holds {p.amount}; cannot post {posted}",
+                        transfer_id=p.pk,
+                        held=p.amount,
+                        requested=posted,
+                    )
+            to_apply.append((p, r, posted))
+        if not to_apply:
+            return 0
+        debits: dict[int, int] = defaultdict(int)
+        credits: dict[int, int] = defaultdict(int)
+        for p, _, _ in to_apply:
+            debits[p.debit_account_id] += p.amount
+            credits[p.credit_account_id] += p.amount
+        _add_to_pending_totals(debits, credits, sign=-1)
+        _mark_resolved(
+            [
+                (
+                    p.pk,
+                    {"post": "posted", "void": "voided", "expire": "expired"}[r.action],
+                    posted,
+                    r.idempotency_key,
+                    now,
+                )
+                for p, r, posted in to_apply
+            ]
+        )
+        specs = [
+            EntrySpec(
+                idempotency_key=r.idempotency_key,
+                request_hash=request_hash({"op": "post_pending", "transfer": p.pk, "amount": posted}),
+                kind=p.kind,
+                legs=tuple(sorted([(p.debit_account_id, posted), (p.credit_account_id, -posted)])),
+                metadata={**p.metadata, **dict(r.metadata)},
+                pending_transfer_id=p.pk,
+            )
+            for p, r, posted in to_apply
+            if r.action == "post" and posted
+        ]
+        if specs:
+            written = _write_or_explain(specs)
+            if len(written) != len(specs):
+                raise IdempotencyConflict("an idempotency key of these posts was used for another entry")
+        return len(to_apply)
+
+
+def _lock_accounts(account_ids: Iterable[int]) -> None:
+    """Lock account rows in id order: every writer does the same, so writers never deadlock."""
+    ids = sorted(account_ids)
+    if ids and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM ledger_account WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", [ids]
+            )
+
+
+def _add_to_pending_totals(debits: Mapping[int, int], credits: Mapping[int, int], *, sign: int) -> None:
+    changes = sorted(
+        {(a, sign * debits.get(a, 0), sign * credits.get(a, 0)) for a in debits.keys() | credits.keys()}
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "UPDATE ledger_account a SET debits_pending = a.debits_pending + c.dr, "
+                "credits_pending = a.credits_pending + c.cr "
+                "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS c(id, dr, cr) WHERE a.id = c.id",
+                [[c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes]],
+            )
+        else:
+            cursor.executemany(
+                "UPDATE ledger_account SET debits_pending = debits_pending + %s, "
+                "credits_pending = credits_pending + %s WHERE id = %s",
+                [(dr, cr, a) for a, dr, cr in changes],
+            )
+
+
+def _mark_resolved(rows: Sequence[tuple[int, str, int | None, str, datetime]]) -> None:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "UPDATE ledger_pendingtransfer p SET state = r.state, posted_amount = r.posted, "
+                "resolution_key = r.key, resolved_at = r.at "
+                "FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[]) "
+                "AS r(id, state, posted, key, at) WHERE p.id = r.id AND p.state = 'pending'",
+                [[r[i] for r in rows] for i in range(5)],
+            )
+        else:
+            cursor.executemany(
+                "UPDATE ledger_pendingtransfer SET state = %s, posted_amount = %s, resolution_key = %s, "
+                "resolved_at = %s WHERE id = %s AND state = 'pending'",
+                [
+                    (s, posted, key, connection.ops.adapt_datetimefield_value(at), pk)
+                    for pk, s, posted, key, at in rows
+                ],
+            )
+        if cursor.rowcount not in (-1, len(rows)) and connection.vendor == "postgresql":
+            raise PendingTransferError("a pending transfer changed state during the batch")
