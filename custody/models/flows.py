@@ -83,7 +83,8 @@ class ConfirmedBy(models.TextChoices):
 
 class Lesson(models.Model):
     """一课一消: one delivered lesson. While unconfirmed it is a pending ledger transfer
-    (Dr prepaid / Cr payable). ``amount_fen`` is what it releases (0 for gift hours, which have no transfer)."""
+    (Dr prepaid / Cr payable). ``amount_fen`` is what it releases (0 for gift hours, which have no
+    transfer)."""
 
     contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="lessons")
     institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="lessons")
