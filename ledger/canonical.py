@@ -39,20 +39,21 @@ def entry_document(
     entry_id: int,
     idempotency_key: str,
     kind: str,
-    posted_at: datetime,
-    effective_at: datetime,
+    posted_at: str,
+    effective_at: str,
     metadata: Mapping[str, Any],
     reverses_id: int | None,
     pending_transfer_id: int | None,
     postings: Sequence[tuple[int, str, int, str]],
 ) -> dict[str, Any]:
-    """The entry as the chain sees it; postings are (posting id, account code, amount, currency)."""
+    """The entry as the chain sees it; postings are (posting id, account code, amount, currency) and times
+    are in the form ``timestamp()`` gives."""
     return {
         "id": entry_id,
         "key": idempotency_key,
         "kind": kind,
-        "posted_at": timestamp(posted_at),
-        "effective_at": timestamp(effective_at),
+        "posted_at": posted_at,
+        "effective_at": effective_at,
         "metadata": dict(metadata),
         "reverses": reverses_id,
         "pending": pending_transfer_id,
