@@ -19,3 +19,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("postgres") is not None:
             item.add_marker(skip_postgres)
+
+
+@pytest.fixture(autouse=True)
+def _reset_business_clock():
+    """Tests may freeze or advance business time (ledger.clock); no test sees another's."""
+    from ledger import clock
+
+    clock.reset()
+    yield
+    clock.reset()
