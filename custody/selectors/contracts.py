@@ -1,0 +1,46 @@
+"""Reads about contracts: a student's open contracts for a subject, their unconsumed hours, held value."""
+
+from __future__ import annotations
+
+from django.db.models import F, QuerySet, Sum
+from moneyed import Money
+
+from custody.models import Contract, ContractState, Institution, Student
+from ledger.money import from_minor
+from ledger.selectors import balance
+
+OPEN_STATES = (ContractState.AWAITING_PAYMENT, ContractState.ACTIVE)
+
+
+def open_contracts_for(student: Student, institution: Institution, subject: str) -> QuerySet[Contract]:
+    """Contracts awaiting payment or active, for this student at this institution in this subject."""
+    return Contract.objects.filter(
+        student=student, institution=institution, subject=subject, state__in=OPEN_STATES
+    ).order_by("signed_at", "pk")
+
+
+def unconsumed_hours(contracts: QuerySet[Contract]) -> int:
+    """Σ ``Contract.remaining_hours`` (paid + gift − consumed − pending − refunded), in one query."""
+    total = contracts.aggregate(
+        hours=Sum(
+            F("paid_hours")
+            + F("gift_hours")
+            - F("hours_consumed")
+            - F("hours_pending")
+            - F("paid_hours_refunded")
+        )
+    )["hours"]
+    return int(total or 0)
+
+
+def latest_ending(contracts: QuerySet[Contract]) -> Contract | None:
+    """The contract whose service period ends last."""
+    return contracts.order_by("-service_ends_on", "-pk").first()
+
+
+def held_value(contract: Contract) -> Money:
+    """What custody holds for this contract and has not released or refunded: the posted balance of
+    ``prepaid:c`` (it still includes lessons recorded and not yet confirmed, whose release is pending)."""
+    if contract.prepaid_account is None:
+        return from_minor(0, "CNY")
+    return balance(contract.prepaid_account).posted

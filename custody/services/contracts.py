@@ -1,0 +1,162 @@
+"""Contracts (培训合同): signing under every rule of the policy in force, and the contract state machine.
+
+``sign_contract`` gathers what the rules need under locks (the institution, then the student, so two
+signings for one student are serialised and the anti-splitting sum cannot be raced), calls
+``custody.rules.check_signing``, writes the contract pinned to the policy version, and opens its two ledger
+accounts: ``prepaid:c{pk}`` (liability: paid, not yet earned or refunded) and ``refund_payable:c{pk}``
+(liability: approved refunds awaiting the bank). ``transition_contract`` is the only place contract states
+change:
+
+    awaiting_payment → active | cancelled
+    active → completed | refunded
+    completed, refunded, cancelled: final
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import date
+
+from django.db import transaction
+from moneyed import Money
+
+from custody import rules
+from custody.errors import IllegalTransition, RuleViolation
+from custody.models import Contract, ContractState, Course, Institution, Student, TrainingCategory
+from custody.selectors import contracts as contract_selectors
+from custody.selectors.policy import current_policy, guidance_price_fen
+from custody.services.calendar import local_date
+from ledger import clock
+from ledger.models import AccountType
+from ledger.money import to_minor
+from ledger.services import open_account
+
+CONTRACT_TRANSITIONS: Mapping[str, frozenset[str]] = {
+    ContractState.AWAITING_PAYMENT: frozenset({ContractState.ACTIVE, ContractState.CANCELLED}),
+    ContractState.ACTIVE: frozenset({ContractState.COMPLETED, ContractState.REFUNDED}),
+    ContractState.COMPLETED: frozenset(),
+    ContractState.REFUNDED: frozenset(),
+    ContractState.CANCELLED: frozenset(),
+}
+FINAL_STATES = frozenset(state for state, targets in CONTRACT_TRANSITIONS.items() if not targets)
+
+
+def prepaid_account_code(contract: Contract) -> str:
+    return f"prepaid:c{contract.pk}"
+
+
+def refund_account_code(contract: Contract) -> str:
+    return f"refund_payable:c{contract.pk}"
+
+
+def contract_number(signed_on: date, pk: int) -> str:
+    """``HT`` + signing date + the primary key: unique because the key is, readable on a bank slip."""
+    return f"HT{signed_on:%Y%m%d}{pk:08d}"
+
+
+def sign_contract(
+    *,
+    course: Course,
+    student: Student,
+    paid_hours: int,
+    gift_hours: int = 0,
+    amount: Money,
+    service_starts_on: date,
+    service_ends_on: date,
+    renews: Contract | None = None,
+) -> Contract:
+    """A contract awaiting payment, or ``RuleViolation`` naming the first rule it breaks."""
+    if amount.currency.code != "CNY":
+        raise RuleViolation(
+            "currency", f"合同须以人民币计价 contracts are in CNY, got {amount.currency.code}", field="amount"
+        )
+    amount_fen = to_minor(amount)
+    now = clock.now()
+    with transaction.atomic():
+        institution = Institution.objects.select_for_update().get(pk=course.institution_id)
+        student = Student.objects.select_for_update().get(pk=student.pk)
+        course = Course.objects.get(pk=course.pk)
+        policy = current_policy(institution.jurisdiction)
+        renewed = Contract.objects.get(pk=renews.pk) if renews is not None else None
+        open_contracts = contract_selectors.open_contracts_for(student, institution, course.subject)
+        guidance = (
+            guidance_price_fen(policy, class_size_band=course.class_size_band, mode=course.mode)
+            if course.category == TrainingCategory.SUBJECT
+            else None
+        )
+        rules.check_signing(
+            rules.SigningRequest(
+                policy=policy,
+                institution=institution,
+                course=course,
+                student=student,
+                today=local_date(now),
+                paid_hours=paid_hours,
+                gift_hours=gift_hours,
+                amount_fen=amount_fen,
+                service_starts_on=service_starts_on,
+                service_ends_on=service_ends_on,
+                renews=renewed,
+                guidance_price_fen=guidance,
+                open_unconsumed_hours=contract_selectors.unconsumed_hours(open_contracts),
+                open_latest_end=contract_selectors.latest_ending(open_contracts),
+            )
+        )
+        contract = Contract.objects.create(
+            number=uuid.uuid4().hex,  # replaced below, once the key is known
+            institution=institution,
+            course=course,
+            student=student,
+            guardian_id=student.guardian_id,
+            policy=policy,
+            subject=course.subject,
+            paid_hours=paid_hours,
+            gift_hours=gift_hours,
+            amount_fen=amount_fen,
+            service_starts_on=service_starts_on,
+            service_ends_on=service_ends_on,
+            renews=renewed,
+            state=ContractState.AWAITING_PAYMENT,
+            signed_at=now,
+        )
+        contract.number = contract_number(local_date(now), contract.pk)
+        contract.prepaid_account = open_account(
+            code=prepaid_account_code(contract),
+            type=AccountType.LIABILITY,
+            limit="debits_must_not_exceed_credits",
+            name=f"{contract.number} 预收费 prepaid",
+        )
+        contract.refund_account = open_account(
+            code=refund_account_code(contract),
+            type=AccountType.LIABILITY,
+            limit="debits_must_not_exceed_credits",
+            name=f"{contract.number} 应退费 refund payable",
+        )
+        contract.save(update_fields=["number", "prepaid_account", "refund_account"])
+    return contract
+
+
+def transition_contract(*, contract: Contract, to_state: ContractState) -> Contract:
+    """Move the contract to ``to_state`` or raise ``IllegalTransition`` (a repeat is illegal too, never a
+    silent no-op). Records ``paid_at`` on activation and ``ended_at`` on reaching a final state.
+
+    The row is locked while checked; ``contract`` is updated in place and returned.
+    """
+    target = ContractState(to_state)
+    with transaction.atomic():
+        locked = Contract.objects.select_for_update().get(pk=contract.pk)
+        if target not in CONTRACT_TRANSITIONS[locked.state]:
+            raise IllegalTransition("contract", locked.state, target)
+        locked.state = target
+        changed = ["state"]
+        if target == ContractState.ACTIVE and locked.paid_at is None:
+            locked.paid_at = clock.now()
+            changed.append("paid_at")
+        if target in FINAL_STATES:
+            locked.ended_at = clock.now()
+            changed.append("ended_at")
+        locked.save(update_fields=changed)
+    for name in changed:
+        setattr(contract, name, getattr(locked, name))
+    return contract
