@@ -35,6 +35,7 @@ from custody.models.policy import (
     TeachingMode,
     WorkdayOverride,
 )
+from custody.models.reserve import ReserveCheck
 
 __all__ = [
     "CallbackLog",
@@ -63,6 +64,7 @@ __all__ = [
     "RefundReason",
     "RefundState",
     "ReleaseCadence",
+    "ReserveCheck",
     "Student",
     "SupervisionMode",
     "TeachingMode",
