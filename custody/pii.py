@@ -64,7 +64,8 @@ class EncryptedTextField(models.TextField):
     """A text field stored encrypted. The plaintext exists only in Python objects, never in the database."""
 
     def from_db_value(self, value: str | None, expression: Any, connection: Any) -> str | None:
-        return None if value is None else decrypt(value)
+        # get_prep_value stores "" as it is (a blank optional field), so "" reads back as "".
+        return value if value is None or value == "" else decrypt(value)
 
     def get_prep_value(self, value: Any) -> str | None:
         value = super().get_prep_value(value)
