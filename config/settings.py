@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import secrets
 import tempfile
@@ -238,6 +239,26 @@ for _key in PII_ENCRYPTION_KEYS:
         ) from exc
 # Key for the keyed hash (HMAC) that lets PII be looked up without decrypting it.
 PII_HASH_KEY = secret_from_env_or_var("PII_HASH_KEY", "pii_hash_key", _new_hash_key)
+
+# --- Payment channels -------------------------------------------------------------------------------------
+# The whole channel configuration (shape in custody/channels/__init__.py, secrets included) comes from the
+# environment as JSON. In DEBUG without it, a demo custody bank key pair is generated once into var/, so
+# `make run` and the bank simulator can send signed bank callbacks.
+_channels_json = env.str("CUSTODY_CHANNELS_JSON", default="").strip()
+DEMO_BANK_KEY_ID = "demo-bank-1"
+DEMO_BANK_SIGNING_KEY = ""
+if _channels_json:
+    CUSTODY_CHANNELS: dict = json.loads(_channels_json)
+elif DEBUG:
+    DEMO_BANK_SIGNING_KEY = secret_from_env_or_var(
+        "DEMO_BANK_SIGNING_KEY", "demo_bank_signing_key", _new_ed25519_key
+    )
+    _demo_public = Ed25519PrivateKey.from_private_bytes(base64.b64decode(DEMO_BANK_SIGNING_KEY)).public_key()
+    CUSTODY_CHANNELS = {
+        "bank": {"keys": {DEMO_BANK_KEY_ID: base64.b64encode(_demo_public.public_bytes_raw()).decode()}}
+    }
+else:
+    raise ImproperlyConfigured("CUSTODY_CHANNELS_JSON must configure the payment channels in production.")
 
 # --- Logging ------------------------------------------------------------------------------------------------
 
