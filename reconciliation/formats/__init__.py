@@ -1,0 +1,1 @@
+"""Bank statement formats: bank files to one checked Statement model, and back."""
