@@ -1,0 +1,367 @@
+"""The database's own guards (ledger/sql/): history is append-only, entries balance, accounts keep their
+identity, holds resolve once. Each test goes around the application with raw SQL and expects the database to
+refuse, so a bug in Python could not do it either.
+
+PostgreSQL checks an entry's balance with a deferred constraint trigger at COMMIT; SQLite has no deferred
+triggers, so it makes the ledger write postings before their entry and checks the balance when the entry row
+arrives. Each side has its own tests for that part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.db.backends.utils import CursorWrapper
+from django.utils import timezone
+
+from ledger.chain import create_checkpoint
+from ledger.models import Account, Entry, PendingTransfer, Posting
+from ledger.money import cny
+from ledger.services import create_pending, open_account, post_pending, void_pending
+from tests.ledger.conftest import Chart
+
+only_sqlite = pytest.mark.skipif(
+    connection.vendor != "sqlite",
+    reason="SQLite's own guard (postings before their entry); PostgreSQL checks at COMMIT, tested above",
+)
+
+
+def db_time(moment: datetime) -> datetime | str:
+    """A timestamp as a raw-SQL parameter: aware on PostgreSQL, naive UTC text on SQLite (as Django does)."""
+    if connection.vendor == "sqlite":
+        return str(connection.ops.adapt_datetimefield_value(moment))
+    return moment
+
+
+def insert_postings(cursor: CursorWrapper, entry_id: int, legs: Sequence[tuple[Account, int]]) -> None:
+    now = db_time(timezone.now())
+    for account, amount in legs:
+        cursor.execute(
+            "INSERT INTO ledger_posting (entry_id, account_id, amount, currency, posted_at, debits_after, "
+            "credits_after) VALUES (%s, %s, %s, 'CNY', %s, %s, %s)",
+            [entry_id, account.pk, amount, now, max(amount, 0), max(-amount, 0)],
+        )
+
+
+def insert_entry_row(cursor: CursorWrapper, key: str, entry_id: int | None = None) -> int:
+    now = db_time(timezone.now())
+    if entry_id is None:
+        cursor.execute(
+            "INSERT INTO ledger_entry (idempotency_key, request_hash, kind, posted_at, effective_at, "
+            "metadata) VALUES (%s, 'x', 'raw', %s, %s, '{}') RETURNING id",
+            [key, now, now],
+        )
+        return int(cursor.fetchone()[0])
+    cursor.execute(
+        "INSERT INTO ledger_entry (id, idempotency_key, request_hash, kind, posted_at, effective_at, "
+        "metadata) VALUES (%s, %s, 'x', 'raw', %s, %s, '{}')",
+        [entry_id, key, now, now],
+    )
+    return entry_id
+
+
+def raw(sql: str, params: Sequence[Any] = ()) -> None:
+    """Run one statement in a savepoint, so a refusal leaves the test's transaction usable."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, list(params))
+
+
+@pytest.fixture
+def history(accounts: Chart, pay_in: Callable[..., Entry]) -> Entry:
+    """One payment, sealed into the chain and signed in a checkpoint."""
+    entry = pay_in("100", key="pay-1")
+    create_checkpoint()
+    return entry
+
+
+# --- append-only history (both databases) ---------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE ledger_entry SET kind = 'forged' WHERE id = %(entry)s",
+        "UPDATE ledger_entry SET metadata = '{}' WHERE id = %(entry)s",
+        "DELETE FROM ledger_entry WHERE id = %(entry)s",
+        "UPDATE ledger_posting SET amount = amount * 2 WHERE entry_id = %(entry)s",
+        "UPDATE ledger_posting SET account_id = account_id WHERE entry_id = %(entry)s",
+        "DELETE FROM ledger_posting WHERE entry_id = %(entry)s",
+        "UPDATE ledger_chainlink SET hash = prev_hash WHERE entry_id = %(entry)s",
+        "DELETE FROM ledger_chainlink WHERE entry_id = %(entry)s",
+        "UPDATE ledger_checkpoint SET signature = '00'",
+        "DELETE FROM ledger_checkpoint",
+    ],
+)
+def test_history_rows_cannot_be_updated_or_deleted(history: Entry, sql: str) -> None:
+    verb = sql.split()[0]
+    table = sql.split()[2] if verb == "DELETE" else sql.split()[1]
+    before = {
+        "entry": Entry.objects.filter(pk=history.pk).values().first(),
+        "postings": sorted(
+            Posting.objects.filter(entry_id=history.pk).values_list("id", "amount", "account_id")
+        ),
+    }
+
+    with pytest.raises(IntegrityError, match=f"{verb} on {table} is not allowed; history is append-only"):
+        raw(sql.replace("%(entry)s", str(history.pk)))
+
+    assert Entry.objects.filter(pk=history.pk).values().first() == before["entry"]
+    assert (
+        sorted(Posting.objects.filter(entry_id=history.pk).values_list("id", "amount", "account_id"))
+        == before["postings"]
+    )
+
+
+@pytest.mark.django_db
+def test_the_orm_cannot_edit_an_entry_either(history: Entry) -> None:
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Entry.objects.filter(pk=history.pk).update(kind="forged")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Posting.objects.filter(entry_id=history.pk).update(amount=1)
+    assert Entry.objects.get(pk=history.pk).kind == "payment"
+
+
+# --- accounts keep their identity (both databases) ------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_an_account_cannot_be_deleted(accounts: Chart, history: Entry) -> None:
+    unused = open_account(code="unused", type="expense")
+
+    with pytest.raises(IntegrityError, match="(?i)account"):
+        raw("DELETE FROM ledger_account WHERE id = %s", [unused.pk])
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Account.objects.filter(pk=unused.pk).delete()
+    with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM ledger_account WHERE id = %s", [accounts.prepaid.pk])
+
+    assert Account.objects.filter(pk__in=[unused.pk, accounts.prepaid.pk]).count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "currency = 'USD'",
+        "code = 'prepaid:c2'",
+        "type = 'asset'",
+        "debits_must_not_exceed_credits = %(false)s",
+    ],
+)
+def test_an_account_keeps_its_code_type_currency_and_limit(accounts: Chart, assignment: str) -> None:
+    false = "false" if connection.vendor == "postgresql" else "0"
+
+    with pytest.raises(IntegrityError, match="(?i)account"):
+        raw(
+            f"UPDATE ledger_account SET {assignment.replace('%(false)s', false)} WHERE id = %s",
+            [accounts.prepaid.pk],
+        )
+
+    stored = Account.objects.get(pk=accounts.prepaid.pk)
+    assert (stored.code, stored.type, stored.currency, stored.debits_must_not_exceed_credits) == (
+        "prepaid:c1",
+        "liability",
+        "CNY",
+        True,
+    )
+
+
+@pytest.mark.django_db
+def test_changing_an_accounts_currency_through_the_orm_fails(accounts: Chart) -> None:
+    account = Account.objects.get(pk=accounts.cash.pk)
+    account.currency = "USD"
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        account.save()
+
+    assert Account.objects.get(pk=accounts.cash.pk).currency == "CNY"
+    # Harmless attributes may still change.
+    Account.objects.filter(pk=accounts.cash.pk).update(name="托管账户")
+    assert Account.objects.get(pk=accounts.cash.pk).name == "托管账户"
+
+
+# --- pending transfers resolve once (both databases) ----------------------------------------------------
+
+
+@pytest.fixture
+def resolved_holds(accounts: Chart, pay_in: Callable[..., Entry]) -> dict[str, PendingTransfer]:
+    pay_in("100", key="pay-1")
+
+    def hold(key: str) -> PendingTransfer:
+        return create_pending(
+            idempotency_key=key,
+            kind="lesson",
+            debit_account=accounts.prepaid,
+            credit_account=accounts.payable,
+            amount=cny("10"),
+        )
+
+    posted, voided, pending = hold("lesson-posted"), hold("lesson-voided"), hold("lesson-pending")
+    post_pending(transfer=posted, idempotency_key="confirm-1")
+    void_pending(transfer=voided, idempotency_key="void-1")
+    return {"posted": posted, "voided": voided, "pending": pending}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("which", "assignment"),
+    [
+        ("posted", "state = 'voided', posted_amount = NULL"),
+        ("posted", "posted_amount = 500"),
+        ("posted", "amount = 2000"),
+        ("voided", "state = 'posted', posted_amount = 1000"),
+        ("voided", "state = 'expired'"),
+        ("pending", "amount = 1"),
+        ("pending", "debit_account_id = credit_account_id + 0, credit_account_id = debit_account_id"),
+    ],
+)
+def test_a_pending_transfer_cannot_be_changed_after_resolution_or_rewritten(
+    resolved_holds: dict[str, PendingTransfer], which: str, assignment: str
+) -> None:
+    target = resolved_holds[which]
+    before = PendingTransfer.objects.filter(pk=target.pk).values().first()
+
+    with pytest.raises(IntegrityError, match="(?i)pending transfer"):
+        raw(f"UPDATE ledger_pendingtransfer SET {assignment} WHERE id = %s", [target.pk])
+
+    assert PendingTransfer.objects.filter(pk=target.pk).values().first() == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("which", ["posted", "voided", "pending"])
+def test_a_pending_transfer_cannot_be_deleted(resolved_holds: dict[str, PendingTransfer], which: str) -> None:
+    target = resolved_holds[which]
+
+    with pytest.raises(IntegrityError, match="(?i)pending transfer"):
+        raw("DELETE FROM ledger_pendingtransfer WHERE id = %s", [target.pk])
+
+    assert PendingTransfer.objects.filter(pk=target.pk).exists()
+
+
+# --- PostgreSQL: every entry balances, checked at COMMIT ------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_a_balanced_entry_written_with_raw_sql_commits(accounts: Chart) -> None:
+    """The control for the tests below: the guards refuse what is wrong, not raw SQL as such."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        entry_id = insert_entry_row(cursor, "raw-balanced")
+        insert_postings(cursor, entry_id, [(accounts.cash, 500), (accounts.prepaid, -500)])
+
+    assert Posting.objects.filter(entry_id=entry_id).count() == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("legs", "message"),
+    [
+        ("unbalanced", "does not balance"),
+        ("single", "at least 2 are required"),
+    ],
+)
+def test_postgres_an_entry_that_does_not_balance_fails_at_commit(
+    accounts: Chart, legs: str, message: str
+) -> None:
+    postings = {
+        "unbalanced": [(accounts.cash, 10000), (accounts.prepaid, -9000)],
+        "single": [(accounts.cash, 10000)],
+    }[legs]
+    written_before_commit: list[int] = []
+
+    with pytest.raises(IntegrityError, match=message), transaction.atomic(), connection.cursor() as cursor:
+        entry_id = insert_entry_row(cursor, f"raw-{legs}")
+        insert_postings(cursor, entry_id, postings)
+        # Every INSERT succeeded and is visible inside the transaction...
+        cursor.execute("SELECT count(*) FROM ledger_posting WHERE entry_id = %s", [entry_id])
+        written_before_commit.append(cursor.fetchone()[0])
+    # ...the deferred trigger refuses the COMMIT.
+
+    assert written_before_commit == [len(postings)]
+    assert not Entry.objects.filter(idempotency_key=f"raw-{legs}").exists()
+    assert Posting.objects.count() == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_postings_cannot_be_added_to_a_committed_entry(
+    accounts: Chart, pay_in: Callable[..., Entry]
+) -> None:
+    entry = pay_in("100", key="pay-1")
+    other = open_account(code="clearing:bank", type="asset")
+    reached_commit = False
+
+    with (
+        pytest.raises(IntegrityError, match="already committed"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        # Even a pair that sums to zero is refused, at the INSERT itself.
+        insert_postings(cursor, entry.pk, [(other, 700), (accounts.payable, -700)])
+        reached_commit = True
+
+    assert reached_commit is False
+    assert Posting.objects.filter(entry_id=entry.pk).count() == 2
+    assert Account.objects.get(pk=other.pk).posting_count == 0
+
+
+# --- SQLite: postings first, then the entry, which must balance -----------------------------------------
+
+
+@only_sqlite
+@pytest.mark.django_db
+def test_sqlite_a_balanced_entry_written_with_raw_sql_is_accepted(accounts: Chart) -> None:
+    with transaction.atomic(), connection.cursor() as cursor:
+        insert_postings(cursor, 9001, [(accounts.cash, 500), (accounts.prepaid, -500)])
+        insert_entry_row(cursor, "raw-balanced", entry_id=9001)
+
+    assert Posting.objects.filter(entry_id=9001).count() == 2
+
+
+@only_sqlite
+@pytest.mark.django_db
+def test_sqlite_postings_cannot_be_added_to_an_existing_entry(
+    accounts: Chart, pay_in: Callable[..., Entry]
+) -> None:
+    entry = pay_in("100", key="pay-1")
+    other = open_account(code="clearing:bank", type="asset")
+
+    with (
+        pytest.raises(IntegrityError, match="already exists"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        insert_postings(cursor, entry.pk, [(other, 700), (accounts.payable, -700)])
+
+    assert Posting.objects.filter(entry_id=entry.pk).count() == 2
+
+
+@only_sqlite
+@pytest.mark.django_db
+@pytest.mark.parametrize("legs", ["unbalanced", "single", "none"])
+def test_sqlite_an_entry_whose_postings_do_not_balance_is_refused(accounts: Chart, legs: str) -> None:
+    postings = {
+        "unbalanced": [(accounts.cash, 10000), (accounts.prepaid, -9000)],
+        "single": [(accounts.cash, 10000)],
+        "none": [],
+    }[legs]
+    postings_went_in = False
+
+    with (
+        pytest.raises(IntegrityError, match="does not balance"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        insert_postings(cursor, 9001, postings)
+        postings_went_in = True
+        insert_entry_row(cursor, f"raw-{legs}", entry_id=9001)
+
+    assert postings_went_in
+    assert not Entry.objects.filter(pk=9001).exists()
+    assert not Posting.objects.filter(entry_id=9001).exists()
