@@ -18,7 +18,15 @@ from moneyed import Money
 
 from custody import rules
 from custody.errors import IllegalTransition, RuleViolation
-from custody.models import Contract, ContractState, Course, Institution, Student, TrainingCategory
+from custody.models import (
+    Contract,
+    ContractState,
+    Course,
+    Institution,
+    InstitutionState,
+    Student,
+    TrainingCategory,
+)
 from custody.selectors.contracts import held_value, open_contracts_for
 from custody.services.contracts import CONTRACT_TRANSITIONS, sign_contract, transition_contract
 from custody.services.institutions import freeze_institution, transition_institution
@@ -90,7 +98,7 @@ def test_held_value_is_what_the_prepaid_account_holds(make_contract: ContractFac
         idempotency_key="t-pay",
         kind="payment",
         debit_account=clearing,
-        credit_account=contract.prepaid_account,
+        credit_account=f"prepaid:c{contract.pk}",
         amount=cny("1600.00"),
     )
     assert held_value(contract) == cny("1600.00")
@@ -309,7 +317,9 @@ def test_an_institution_that_is_not_active_cannot_sign(
     institution = course.institution
     path = {"frozen": ["frozen"], "closing": ["closing"], "closed": ["closing", "closed"]}[state]
     for step in path:
-        transition_institution(institution=institution, to_state=step, reason="检查 inspection")
+        transition_institution(
+            institution=institution, to_state=InstitutionState(step), reason="检查 inspection"
+        )
     error = refused(make_contract)
     assert (error.rule, error.details["state"]) == (rules.INSTITUTION_NOT_ACTIVE, state)
 
@@ -322,7 +332,9 @@ def test_an_institution_off_the_whitelist_cannot_sign(make_contract: ContractFac
 def test_an_unfrozen_institution_signs_again(make_contract: ContractFactory, course: Course) -> None:
     freeze_institution(institution=course.institution, reason="风险预警 risk alert")
     assert refused(make_contract).rule == rules.INSTITUTION_NOT_ACTIVE
-    transition_institution(institution=course.institution, to_state="active", reason="整改完成 fixed")
+    transition_institution(
+        institution=course.institution, to_state=InstitutionState.ACTIVE, reason="整改完成 fixed"
+    )
     assert make_contract().state == ContractState.AWAITING_PAYMENT
 
 
