@@ -8,7 +8,7 @@ so the fixtures break when a rule changes, not silently later.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
 from itertools import count
 from typing import Any, Protocol
@@ -32,7 +32,6 @@ from custody.services.courses import publish_course
 from custody.services.institutions import register_institution
 from custody.services.people import add_student, id_number_check_character, register_guardian
 from custody.services.policy import ensure_jurisdiction
-from ledger import clock
 from ledger.money import cny, from_minor
 
 _serial = count(1)
@@ -47,14 +46,6 @@ def valid_id_number(birth: str = "20150101", *, region: str = "310104", sequence
 
 def unique_phone() -> str:
     return f"139{next(_serial):08d}"
-
-
-@pytest.fixture(autouse=True)
-def _reset_business_clock() -> Iterator[None]:
-    """Tests may freeze or advance business time; none leaks into the next test."""
-    clock.reset()
-    yield
-    clock.reset()
 
 
 @pytest.fixture
