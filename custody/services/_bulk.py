@@ -1,0 +1,207 @@
+"""Set-based SQL shared by the money flows (lessons, refunds, payouts, closures).
+
+The flows change thousands of rows at once (an auto-confirmation run, a closure batch); each helper here is
+one statement on PostgreSQL (``unnest`` arrays, ``= ANY``) and a short ``executemany`` on SQLite, never a
+loop of ORM saves. Every helper runs inside the caller's transaction.
+
+Lock order, the same in every flow so writers never deadlock: closure → contracts (by id) → lessons, refunds,
+payouts → ledger accounts (by id, taken by the ledger's services).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from django.db import connection, models
+
+T = TypeVar("T")
+
+# SQLite refuses statements with more bound variables than this (32,766 since 3.32; older builds 999).
+SQLITE_CHUNK = 500
+
+
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def chunked(items: Sequence[T], size: int = SQLITE_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def reserve_ids(model: type[models.Model], count: int) -> list[int]:
+    """Primary keys for ``count`` rows about to be inserted, known before the insert.
+
+    The flows derive ledger idempotency keys from domain ids (``lesson:{pk}:hold``), and a lesson's hold
+    must exist when its row is inserted (a CHECK constraint), so the ids are taken first. PostgreSQL draws
+    them from the table's identity sequence; SQLite's writers are serialised (BEGIN IMMEDIATE), so the next
+    ids after the largest ever used are free until the caller's transaction ends.
+    """
+    if count <= 0:
+        return []
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, count]
+            )
+            return [row[0] for row in cursor.fetchall()]
+        cursor.execute(f'SELECT COALESCE(MAX(id), 0) FROM "{table}"')
+        largest = cursor.fetchone()[0]
+        cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = %s", [table])
+        largest = max(largest, cursor.fetchone()[0])
+    return list(range(largest + 1, largest + count + 1))
+
+
+def lock_rows(table: str, ids: Iterable[int]) -> list[int]:
+    """Lock rows of ``table`` in id order (SELECT … FOR UPDATE); returns the ids that exist.
+
+    SQLite has no row locks: its one writer at a time holds the database from BEGIN IMMEDIATE."""
+    ordered = sorted(set(ids))
+    if not ordered:
+        return []
+    found: list[int] = []
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute(
+                f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
+                [ordered],
+            )
+            return [row[0] for row in cursor.fetchall()]
+        for chunk in chunked(ordered):
+            cursor.execute(
+                f"SELECT id FROM {table} WHERE id IN ({','.join(['%s'] * len(chunk))}) ORDER BY id",
+                list(chunk),
+            )
+            found.extend(row[0] for row in cursor.fetchall())
+    return found
+
+
+def add_contract_hours(changes: Mapping[int, tuple[int, int, int]]) -> None:
+    """Add (pending, consumed, paid_refunded) hour deltas to contracts, in one statement.
+
+    The contract's CHECK constraint (consumed + pending + refunded ≤ bought) is the database's guard.
+    """
+    rows = sorted((cid, p, c, r) for cid, (p, c, r) in changes.items() if (p, c, r) != (0, 0, 0))
+    if not rows:
+        return
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute(
+                "UPDATE custody_contract c SET hours_pending = c.hours_pending + d.pending, "
+                "hours_consumed = c.hours_consumed + d.consumed, "
+                "paid_hours_refunded = c.paid_hours_refunded + d.refunded "
+                "FROM unnest(%s::bigint[], %s::int[], %s::int[], %s::int[]) "
+                "AS d(id, pending, consumed, refunded) "
+                "WHERE c.id = d.id",
+                [[r[i] for r in rows] for i in range(4)],
+            )
+        else:
+            cursor.executemany(
+                "UPDATE custody_contract SET hours_pending = hours_pending + %s, "
+                "hours_consumed = hours_consumed + %s, paid_hours_refunded = paid_hours_refunded + %s "
+                "WHERE id = %s",
+                [(p, c, r, cid) for cid, p, c, r in rows],
+            )
+
+
+def update_states(
+    table: str,
+    ids: Sequence[int],
+    *,
+    from_states: Sequence[str],
+    to_state: str,
+    extra: Mapping[str, Any] | None = None,
+    where: str = "",
+) -> int:
+    """``UPDATE table SET state = to_state, … WHERE id IN ids AND state IN from_states [AND where]``.
+
+    The ``state IN from_states`` guard makes the transition explicit in SQL: a row in any other state is left
+    alone and not counted, and callers compare the count with what they expected. Returns the rows changed.
+    """
+    if not ids:
+        return 0
+    assignments = ["state = %s"]
+    values: list[Any] = [str(to_state)]
+    from_states = [str(state) for state in from_states]
+    for column, value in (extra or {}).items():
+        assignments.append(f"{column} = %s")
+        values.append(_adapt(str(value) if isinstance(value, str) else value))
+    changed = 0
+    condition = f" AND ({where})" if where else ""
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute(
+                f"UPDATE {table} SET {', '.join(assignments)} WHERE id = ANY(%s) "
+                f"AND state = ANY(%s){condition}",
+                [*values, list(ids), list(from_states)],
+            )
+            return cursor.rowcount
+        for chunk in chunked(list(ids)):
+            cursor.execute(
+                f"UPDATE {table} SET {', '.join(assignments)} "
+                f"WHERE id IN ({','.join(['%s'] * len(chunk))}) "
+                f"AND state IN ({','.join(['%s'] * len(from_states))}){condition}",
+                [*values, *chunk, *from_states],
+            )
+            changed += cursor.rowcount
+    return changed
+
+
+def _adapt(value: Any) -> Any:
+    if isinstance(value, datetime) and not is_postgres():
+        return connection.ops.adapt_datetimefield_value(value)
+    return value
+
+
+def fetch_by_ids(sql: str, ids: Sequence[int], params: Sequence[Any] = ()) -> list[tuple]:
+    """Run ``sql`` whose ``{ids}`` placeholder stands for "id is one of ``ids``" and return all rows.
+
+    ``sql`` names the column itself, e.g. ``"SELECT id, hours FROM custody_lesson WHERE id {ids} AND …"``; the
+    placeholder becomes ``= ANY(%s)`` on PostgreSQL (one array parameter, whatever the count) and chunked
+    ``IN (…)`` lists on SQLite. ``params`` are bound after the ids."""
+    if not ids:
+        return []
+    rows: list[tuple] = []
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute(sql.format(ids="= ANY(%s)"), [list(ids), *params])
+            return list(cursor.fetchall())
+        for chunk in chunked(list(ids)):
+            cursor.execute(sql.format(ids=f"IN ({','.join(['%s'] * len(chunk))})"), [*chunk, *params])
+            rows.extend(cursor.fetchall())
+    return rows
+
+
+# A contract whose hours are all consumed is completed; one whose refund was approved is refunded once nothing
+# is pending and nothing is left in prepaid:c (a lesson voided after the refund leaves value: see refunds.py).
+_FINISHED = {
+    "completed": "hours_pending = 0 AND hours_consumed = paid_hours + gift_hours",
+    "refunded": (
+        "hours_pending = 0 AND paid_hours_refunded > 0 AND EXISTS (SELECT 1 FROM ledger_account a "
+        "WHERE a.id = custody_contract.prepaid_account_id AND a.credits_posted = a.debits_posted "
+        "AND a.debits_pending = 0)"
+    ),
+}
+
+
+def finish_contracts(contract_ids: Sequence[int], *, now: datetime) -> int:
+    """Move active contracts that have nothing left to deliver to completed or refunded (set-based)."""
+    from custody.services.contracts import CONTRACT_TRANSITIONS
+
+    changed = 0
+    for target, condition in _FINISHED.items():
+        # The contract state machine lives in contracts.py; this bulk path may only take its legal edges.
+        if target not in CONTRACT_TRANSITIONS["active"]:
+            raise RuntimeError(f"active → {target} is not a contract transition")
+        changed += update_states(
+            "custody_contract",
+            contract_ids,
+            from_states=["active"],
+            to_state=target,
+            extra={"ended_at": now},
+            where=condition,
+        )
+    return changed

@@ -1,0 +1,311 @@
+"""Payments in (缴费): a channel's signed callback confirms a payment; settlement moves it into custody.
+
+Flow 1 of docs/flows.md:
+
+- payment confirmed: Dr ``clearing:{channel}`` / Cr ``prepaid:c``, key ``payment:{channel}:{transaction_id}``;
+- settled into custody (the bank channel at once; WeChat Pay and Alipay when their settlement arrives):
+  Dr ``custody_cash:i`` / Cr ``clearing:{channel}``, key ``settlement:{channel}:{transaction_id}``.
+
+In risk-reserve mode the money lands in the institution's own account, so settlement debits
+``institution_held:i`` instead of ``custody_cash:i`` (see reserve.py).
+
+A callback is accepted only if it verifies (signature, key, freshness: ``custody.channels``) and then names a
+contract awaiting payment (``order_reference`` = contract number), for exactly its amount, in CNY, of an
+institution that is active and whitelisted, from a named payer account. Training loans (培训贷) are refused by
+construction: a contract is paid in one payment from the payer's own channel account, which is recorded
+(encrypted) and is the only place a refund can go back to (原路返回); no third party (a lender) can be paid
+out, and instalments are not accepted (the amount must equal the contract's).
+
+Every callback leaves one ``CallbackLog`` row: accepted, replay (the same transaction again: nothing is
+posted twice, the first payment is returned) or rejected with a reason code; rejected ones keep only the
+body's SHA-256 and size, never the payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+
+from custody.channels import CallbackRejected, PaymentNotice, get_verifier
+from custody.errors import NotFound, PaymentRejected
+from custody.models import (
+    CallbackLog,
+    CallbackOutcome,
+    Contract,
+    ContractState,
+    Institution,
+    InstitutionState,
+    Payment,
+    SupervisionMode,
+)
+from custody.services.contracts import transition_contract
+from ledger import clock
+from ledger.models import Account, AccountType
+from ledger.money import from_minor
+from ledger.services import NewEntry, credit, debit, open_account, post_batch, transfer
+
+TRANSACTION_ID_MAX = Payment._meta.get_field("transaction_id").max_length or 64
+
+
+def clearing_account(channel: str) -> Account:
+    """``clearing:{channel}``: confirmed by the channel, not yet in custody (opened on first use)."""
+    return open_account(
+        code=f"clearing:{channel}", type=AccountType.ASSET, name=f"{channel} 在途资金 channel clearing"
+    )
+
+
+def payment_key(channel: str, transaction_id: str) -> str:
+    return f"payment:{channel}:{transaction_id}"
+
+
+def settlement_key(channel: str, transaction_id: str) -> str:
+    return f"settlement:{channel}:{transaction_id}"
+
+
+def receive_callback(
+    *, channel: str, headers: Mapping[str, str], body: bytes, source_ip: str | None = None
+) -> Payment:
+    """Verify a payment callback and record the payment, once.
+
+    Raises ``CallbackRejected`` (from the channel: bad signature, stale, malformed, not paid…) or
+    ``PaymentRejected`` (authentic but not acceptable; ``details["reason"]`` is the code), after logging it;
+    ``custody.channels.UnknownChannel`` for a channel that is not configured. A replay returns the payment
+    recorded the first time.
+    """
+    now = clock.now()
+    verifier = get_verifier(channel)
+    try:
+        notice = verifier.verify(headers=headers, body=body, now=now)
+    except CallbackRejected as rejection:
+        _log(channel, CallbackOutcome.REJECTED, body, source_ip, reason=rejection.code.value)
+        raise
+    try:
+        payment, replay = _accept(notice, body=body, source_ip=source_ip, now=now)
+    except PaymentRejected as rejection:
+        reason = str(rejection.details.get("reason", rejection.code))
+        _log(channel, CallbackOutcome.REJECTED, body, source_ip, reason=reason, txn=notice.transaction_id)
+        raise
+    if replay:
+        _log(channel, CallbackOutcome.REPLAY, body, source_ip, txn=notice.transaction_id)
+    return payment
+
+
+def _rejected(reason: str, zh: str, en: str, **details: Any) -> PaymentRejected:
+    return PaymentRejected(f"{zh} {en}", reason=reason, **details)
+
+
+def _accept(
+    notice: PaymentNotice, *, body: bytes, source_ip: str | None, now: datetime
+) -> tuple[Payment, bool]:
+    if len(notice.transaction_id) > TRANSACTION_ID_MAX:
+        raise _rejected("transaction_id_too_long", "交易号过长", "the transaction id is too long")
+    with transaction.atomic():
+        contract = (
+            Contract.objects.select_for_update(of=("self",))
+            .select_related("institution", "prepaid_account")
+            .filter(number=notice.order_reference)
+            .first()
+        )
+        existing = Payment.objects.filter(
+            channel=notice.channel, transaction_id=notice.transaction_id
+        ).first()
+        if existing is not None:
+            if contract is not None and _same_payment(existing, notice, contract):
+                return existing, True
+            raise _rejected(
+                "transaction_conflict",
+                "同一交易号已记录为另一笔付款",
+                "this transaction id was recorded for another payment",
+            )
+        if contract is None:
+            raise _rejected("unknown_order", "找不到该订单对应的合同", "no contract has this order reference")
+        _check_acceptable(notice, contract)
+        payment = _record(notice, contract, now=now)
+        CallbackLog.objects.create(
+            channel=notice.channel,
+            received_at=now,
+            outcome=CallbackOutcome.ACCEPTED,
+            transaction_id=notice.transaction_id,
+            body_sha256=hashlib.sha256(body).hexdigest(),
+            body_size=len(body),
+            source_ip=source_ip,
+        )
+    return payment, False
+
+
+def _same_payment(payment: Payment, notice: PaymentNotice, contract: Contract) -> bool:
+    # Channels resend with a different raw body (new nonce, later status); the payment's facts must agree.
+    return (
+        payment.contract_id == contract.pk
+        and payment.amount_fen == notice.amount_fen
+        and payment.currency == notice.currency
+        and payment.payer_account == notice.payer_account
+    )
+
+
+def _check_acceptable(notice: PaymentNotice, contract: Contract) -> None:
+    if contract.state != ContractState.AWAITING_PAYMENT:
+        raise _rejected(
+            "contract_not_awaiting_payment",
+            f"合同状态为{contract.state}，不接受付款",
+            f"the contract is {contract.state}, not awaiting payment",
+            state=contract.state,
+        )
+    if notice.currency != "CNY":
+        raise _rejected("wrong_currency", "币种须为人民币", "the currency must be CNY")
+    if notice.amount_fen != contract.amount_fen:
+        raise _rejected(
+            "wrong_amount",
+            f"付款金额{notice.amount_fen}分与合同金额{contract.amount_fen}分不符",
+            f"paid {notice.amount_fen} fen; the contract is for {contract.amount_fen} fen",
+            expected=contract.amount_fen,
+            received=notice.amount_fen,
+        )
+    institution = contract.institution
+    if institution.state != InstitutionState.ACTIVE:
+        raise _rejected(
+            "institution_not_active",
+            f"机构状态为{institution.state}，不能收费",
+            f"the institution is {institution.state}; it may not take payments",
+            state=institution.state,
+        )
+    if not institution.whitelisted:
+        raise _rejected(
+            "institution_not_whitelisted", "机构不在白名单内", "the institution is not whitelisted"
+        )
+    if not notice.payer_account.strip():
+        raise _rejected(
+            "no_payer_account",
+            "付款账户缺失，不能原路退回（禁止培训贷）",
+            "no payer account: refunds could not go back to it (training loans are forbidden)",
+        )
+
+
+def _record(notice: PaymentNotice, contract: Contract, *, now: datetime) -> Payment:
+    if contract.prepaid_account is None:
+        raise RuntimeError(f"contract {contract.number} has no prepaid account")
+    entry = transfer(
+        idempotency_key=payment_key(notice.channel, notice.transaction_id),
+        kind="payment",
+        debit_account=clearing_account(notice.channel),
+        credit_account=contract.prepaid_account,
+        amount=from_minor(notice.amount_fen, "CNY"),
+        effective_at=notice.paid_at,
+        metadata={
+            "contract": contract.pk,
+            "channel": notice.channel,
+            "transaction_id": notice.transaction_id,
+        },
+    )
+    payment = Payment.objects.create(
+        contract=contract,
+        channel=notice.channel,
+        transaction_id=notice.transaction_id,
+        amount_fen=notice.amount_fen,
+        currency=notice.currency,
+        paid_at=notice.paid_at,
+        received_at=now,
+        payer_account=notice.payer_account,
+        raw_payload=notice.raw,
+        entry=entry,
+    )
+    contract.payer_account = notice.payer_account
+    contract.paid_at = notice.paid_at
+    contract.save(update_fields=["payer_account", "paid_at"])
+    transition_contract(contract=contract, to_state=ContractState.ACTIVE)
+    if notice.channel == "bank":
+        # The custody bank's own notice means the money is already in the supervised account.
+        _settle([payment], now=now)
+    return payment
+
+
+def _log(
+    channel: str,
+    outcome: CallbackOutcome,
+    body: bytes,
+    source_ip: str | None,
+    *,
+    reason: str = "",
+    txn: str = "",
+) -> None:
+    CallbackLog.objects.create(
+        channel=channel[:16],
+        received_at=clock.now(),
+        outcome=outcome,
+        reason_code=reason[:32],
+        transaction_id=txn[:64],
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        body_size=len(body),
+        source_ip=source_ip,
+    )
+
+
+# --- settlement -----------------------------------------------------------------------------------------
+
+
+def settlement_account(institution: Institution) -> Account:
+    """Where a payment of this institution's contracts settles: the custody account, or in risk-reserve
+    mode the institution's own account (``institution_held:i``)."""
+    if institution.supervision_mode == SupervisionMode.RISK_RESERVE:
+        from custody.services.reserve import held_account
+
+        return held_account(institution)
+    if institution.cash_account is None:
+        raise RuntimeError(f"institution {institution.pk} has no custody account")
+    return institution.cash_account
+
+
+def settle_payments(*, channel: str, transaction_ids: Sequence[str]) -> list[Payment]:
+    """A channel's settlement (WeChat Pay, Alipay: T+1) arrived in custody: Dr custody cash / Cr clearing for
+    each payment not settled yet. Payments settled before are left alone (safe to repeat); an unknown
+    transaction id raises ``NotFound`` and settles nothing."""
+    wanted = list(dict.fromkeys(transaction_ids))
+    now = clock.now()
+    with transaction.atomic():
+        payments = list(
+            Payment.objects.select_for_update(of=("self",))
+            .select_related("contract__institution__cash_account")
+            .filter(channel=channel, transaction_id__in=wanted)
+            .order_by("pk")
+        )
+        missing = set(wanted) - {p.transaction_id for p in payments}
+        if missing:
+            raise NotFound(
+                f"{len(missing)}笔交易不存在 {len(missing)} transaction(s) of {channel} are not recorded",
+                channel=channel,
+                missing=sorted(missing)[:10],
+            )
+        _settle([p for p in payments if p.settlement_entry_id is None], now=now)
+    return payments
+
+
+def _settle(payments: Sequence[Payment], *, now: datetime) -> None:
+    if not payments:
+        return
+    clearing: dict[str, Account] = {}
+    targets: dict[int, Account] = {}
+    entries = []
+    for p in payments:
+        if p.channel not in clearing:
+            clearing[p.channel] = clearing_account(p.channel)
+        institution = p.contract.institution
+        if institution.pk not in targets:
+            targets[institution.pk] = settlement_account(institution)
+        amount = from_minor(p.amount_fen, "CNY")
+        entries.append(
+            NewEntry(
+                idempotency_key=settlement_key(p.channel, p.transaction_id),
+                kind="settlement",
+                legs=[debit(targets[institution.pk], amount), credit(clearing[p.channel], amount)],
+                metadata={"payment": p.pk, "contract": p.contract_id},
+            )
+        )
+    result = post_batch(entries=entries)
+    for payment, entry in zip(payments, result.entries, strict=True):
+        payment.settlement_entry = entry
+        payment.settled_at = now
+    Payment.objects.bulk_update(payments, ["settlement_entry", "settled_at"], batch_size=1000)
