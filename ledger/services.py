@@ -177,7 +177,7 @@ def post_batch(
     ``on_error="rollback"``: any bad entry raises and nothing is posted. ``on_error="skip"``: bad entries are
     reported in ``failures`` and the rest are posted. Entries whose keys were posted before are replayed.
     """
-    accounts = _resolve_accounts(leg.account for new in entries for leg in new.legs)
+    accounts = _resolve_accounts((leg.account for new in entries for leg in new.legs), strict=False)
     specs: list[EntrySpec | None] = []
     failures: list[BatchFailure] = []
     for index, new in enumerate(entries):
@@ -195,10 +195,10 @@ def reverse_entry(*, entry: Entry, idempotency_key: str, reason: str) -> Entry:
     """Post the mirror image of ``entry``. An entry is reversed at most once; a reversal is not reversed."""
     if entry.reverses_id is not None:
         raise ReversalError(f"entry {entry.pk} is itself a reversal", entry_id=entry.pk)
-    if entry.pending_transfer_id is not None:
-        raise ReversalError(
-            f"entry {entry.pk} posts a pending transfer; void the hold instead", entry_id=entry.pk
-        )
+    # Checked before writing: SQLite would otherwise hit the account limits before the unique index.
+    earlier = Entry.objects.filter(reverses_id=entry.pk).first()
+    if earlier is not None and earlier.idempotency_key != idempotency_key:
+        raise ReversalError(f"entry {entry.pk} is already reversed by entry {earlier.pk}", entry_id=entry.pk)
     legs = [(p.account_id, -p.amount) for p in entry.postings.all()]
     spec = EntrySpec(
         idempotency_key=idempotency_key,
@@ -216,8 +216,9 @@ def reverse_entry(*, entry: Entry, idempotency_key: str, reason: str) -> Entry:
         raise
 
 
-def _resolve_accounts(refs: Iterable[AccountRef]) -> dict[str, Account]:
-    """Accounts by code; codes are looked up in one query."""
+def _resolve_accounts(refs: Iterable[AccountRef], *, strict: bool = True) -> dict[str, Account]:
+    """Accounts by code, looked up in one query. ``strict=False`` leaves unknown codes out (the caller
+    reports them per entry)."""
     found: dict[str, Account] = {}
     codes: set[str] = set()
     for ref in refs:
@@ -229,7 +230,7 @@ def _resolve_accounts(refs: Iterable[AccountRef]) -> dict[str, Account]:
     if codes:
         found.update({a.code: a for a in Account.objects.filter(code__in=codes)})
         missing = codes - found.keys()
-        if missing:
+        if missing and strict:
             raise AccountNotFound(f"no account {sorted(missing)[0]}", code=sorted(missing)[0])
     return found
 
@@ -242,7 +243,10 @@ def _entry_spec(new: NewEntry, accounts: Mapping[str, Account]) -> EntrySpec:
     by_account: dict[int, int] = {}
     per_currency: dict[str, int] = defaultdict(int)
     for leg in new.legs:
-        account = accounts[leg.account.code if isinstance(leg.account, Account) else leg.account]
+        code = leg.account.code if isinstance(leg.account, Account) else leg.account
+        if code not in accounts:
+            raise AccountNotFound(f"no account {code}", code=code)
+        account = accounts[code]
         minor = to_minor(leg.amount)
         if minor <= 0:
             raise InvalidAmount(f"posting amounts must be positive, got {leg.amount}", account=account.code)
@@ -332,11 +336,11 @@ def _write_specs(
                     raise error
                 failures.append(BatchFailure(index, spec.idempotency_key, error))
 
-    failed = {f.idempotency_key for f in failures}
+    failed = {f.index for f in failures}
     entries: list[Entry] = []
     seen: set[str] = set()
-    for maybe_spec in specs:
-        if maybe_spec is None or maybe_spec.idempotency_key in failed or maybe_spec.idempotency_key in seen:
+    for index, maybe_spec in enumerate(specs):
+        if maybe_spec is None or index in failed or maybe_spec.idempotency_key in seen:
             continue
         spec = maybe_spec
         seen.add(spec.idempotency_key)
@@ -431,20 +435,20 @@ def _limit_error(account: Account, *, extra_debits: int = 0, extra_credits: int 
         if extra_debits - extra_credits > available:
             return LimitExceeded(
                 f"account {account.code} would go below zero: "
-                f"available {available}, requested {extra_debits}",
+                f"available {available}, requested {extra_debits - extra_credits}",
                 account=account.code,
                 available=available,
-                requested=extra_debits,
+                requested=extra_debits - extra_credits,
             )
     if account.credits_must_not_exceed_debits:
         available = account.debits_posted - account.credits_posted - account.credits_pending
         if extra_credits - extra_debits > available:
             return LimitExceeded(
                 f"account {account.code} would go below zero: "
-                f"available {available}, requested {extra_credits}",
+                f"available {available}, requested {extra_credits - extra_debits}",
                 account=account.code,
                 available=available,
-                requested=extra_credits,
+                requested=extra_credits - extra_debits,
             )
     return None
 
@@ -659,16 +663,17 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
         if missing:
             raise PendingTransferError(f"no pending transfer {min(missing)}", transfer_id=min(missing))
         now = timezone.now()
+        business_now = clock.now()
         to_apply: list[tuple[PendingTransfer, Resolution, int | None]] = []
         for r in resolutions:
             p = transfers[r.transfer_id]
             state = {"post": "posted", "void": "voided", "expire": "expired"}[r.action]
             if p.state != PendingTransfer.State.PENDING:
                 if p.resolution_key == r.idempotency_key and p.state == state:
-                    if r.action == "post" and r.amount is not None and to_minor(r.amount) != p.posted_amount:
+                    requested = p.amount if r.amount is None else to_minor(r.amount)
+                    if r.action == "post" and requested != p.posted_amount:
                         raise IdempotencyConflict(
-                            f"idempotency key {r.idempotency_key} posted {p.posted_amount}, "
-                            f"not {to_minor(r.amount)}",
+                            f"idempotency key {r.idempotency_key} posted {p.posted_amount}, not {requested}",
                             key=r.idempotency_key,
                         )
                     continue
@@ -678,6 +683,12 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
                     f"pending transfer {p.pk} is already {p.state}; it cannot be {state}",
                     transfer_id=p.pk,
                     state=p.state,
+                )
+            if r.action == "post" and p.expires_at is not None and p.expires_at <= business_now:
+                raise PendingTransferError(
+                    f"pending transfer {p.pk} expired at {p.expires_at.isoformat()}; it cannot be posted",
+                    transfer_id=p.pk,
+                    expires_at=p.expires_at.isoformat(),
                 )
             posted: int | None = None
             if r.action == "post":
@@ -694,6 +705,17 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
             to_apply.append((p, r, posted))
         if not to_apply:
             return 0
+        keys = [r.idempotency_key for _, r, _ in to_apply]
+        reused = (
+            PendingTransfer.objects.filter(resolution_key__in=keys)
+            .exclude(pk__in=[p.pk for p, _, _ in to_apply])
+            .values_list("resolution_key", flat=True)
+            .first()
+        )
+        if reused is not None or len(set(keys)) != len(keys):
+            raise IdempotencyConflict(
+                f"idempotency key {reused or keys[0]} already resolved another pending transfer", key=reused
+            )
         debits: dict[int, int] = defaultdict(int)
         credits: dict[int, int] = defaultdict(int)
         for p, _, _ in to_apply:

@@ -190,7 +190,11 @@ def check_checkpoints(report: Report) -> None:
             report.findings.append(Finding("checkpoint", subject, f"signed with unknown key {cp.key_id}"))
         elif not chain.signature_valid(cp.payload, cp.signature, public):
             report.findings.append(Finding("checkpoint", subject, "signature does not verify"))
-        body = json.loads(cp.payload)
+        try:
+            body = json.loads(cp.payload)
+        except ValueError:
+            report.findings.append(Finding("checkpoint", subject, "signed payload is not valid JSON"))
+            continue
         if body.get("chain_seq") != cp.chain_seq or body.get("chain_hash") != cp.chain_hash:
             report.findings.append(
                 Finding("checkpoint", subject, "stored head differs from the signed payload")

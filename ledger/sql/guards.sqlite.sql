@@ -34,7 +34,9 @@ CREATE TRIGGER ledger_pending_once BEFORE UPDATE ON ledger_pendingtransfer
 WHEN OLD.state <> 'pending' OR NEW.state NOT IN ('posted', 'voided', 'expired')
   OR NEW.id <> OLD.id OR NEW.idempotency_key <> OLD.idempotency_key OR NEW.request_hash <> OLD.request_hash
   OR NEW.debit_account_id <> OLD.debit_account_id OR NEW.credit_account_id <> OLD.credit_account_id
-  OR NEW.amount <> OLD.amount OR NEW.currency <> OLD.currency
+  OR NEW.amount <> OLD.amount OR NEW.currency <> OLD.currency OR NEW.kind <> OLD.kind
+  OR NEW.created_at <> OLD.created_at OR NEW.metadata <> OLD.metadata
+  OR NEW.expires_at IS NOT OLD.expires_at
 BEGIN SELECT RAISE(ABORT, 'ledger: a pending transfer may only change state once, from pending'); END;
 
 CREATE TRIGGER ledger_account_no_delete BEFORE DELETE ON ledger_account

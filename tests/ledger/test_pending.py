@@ -7,7 +7,6 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from django.db import IntegrityError
 from moneyed import Money
 
 from ledger import clock
@@ -254,12 +253,6 @@ def test_replaying_a_post_with_its_key_and_another_amount_is_a_conflict(
     assert PendingTransfer.objects.get(pk=p.pk).posted_amount == 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a replayed post without an amount means 'post in full' but is only compared with the "
-    "recorded post when an amount is given (ledger/services.py:668), so a full-post retry of a partial "
-    "post silently returns the partial entry instead of raising IdempotencyConflict",
-)
 def test_replaying_a_partial_post_as_a_full_post_is_a_conflict(funded: Chart) -> None:
     p = hold(funded, "30", key="lesson-1")
     post_pending(transfer=p, idempotency_key="confirm-1", amount=cny("10"))
@@ -279,13 +272,6 @@ def test_post_with_a_key_an_entry_already_uses_is_refused_and_the_hold_stays(fun
     assert totals(funded.prepaid) == (0, 10000, 3000, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IntegrityError,
-    reason="bug: resolve_pending_batch does not check whether a resolution key already resolved another "
-    "hold; the unique index ledger_pending_resolution_key refuses it in _mark_resolved "
-    "(ledger/services.py:703) and the caller gets a raw IntegrityError instead of IdempotencyConflict",
-)
 @pytest.mark.parametrize("action", ["void", "post"])
 def test_a_resolution_key_reused_on_another_hold_is_a_conflict(funded: Chart, action: str) -> None:
     first = hold(funded, "10", key="lesson-1")
@@ -299,13 +285,30 @@ def test_a_resolution_key_reused_on_another_hold_is_a_conflict(funded: Chart, ac
             post_pending(transfer=second, idempotency_key="resolve-1")
 
 
-def test_posting_a_hold_cannot_be_reversed(funded: Chart) -> None:
+def test_a_posted_hold_is_corrected_by_reversing_its_entry_once(funded: Chart) -> None:
+    """A confirmed lesson overturned later (a regulator's ruling) is corrected with a reversing entry."""
     p = hold(funded, "30", key="lesson-1")
+    prepaid_before = balance(funded.prepaid).posted
     entry = post_pending(transfer=p, idempotency_key="confirm-1")
+    assert balance(funded.payable).posted == cny("30")
 
-    with pytest.raises(ReversalError, match="pending transfer"):
-        reverse_entry(entry=entry, idempotency_key="rev-1", reason="wrong lesson")
-    assert not Entry.objects.filter(reverses_id=entry.pk).exists()
+    reversal = reverse_entry(entry=entry, idempotency_key="rev-1", reason="lesson not given")
+
+    assert reversal.reverses_id == entry.pk
+    assert balance(funded.payable).posted == cny("0")
+    assert balance(funded.prepaid).posted == prepaid_before
+    assert reverse_entry(entry=entry, idempotency_key="rev-1", reason="lesson not given").pk == reversal.pk
+    with pytest.raises(ReversalError, match="already reversed"):
+        reverse_entry(entry=entry, idempotency_key="rev-2", reason="again")
+
+
+def test_an_expired_hold_cannot_be_posted_even_before_the_expiry_job(funded: Chart) -> None:
+    p = hold(funded, "30", key="lesson-1", expires_at=clock.now() + timedelta(hours=1))
+    clock.advance(timedelta(hours=1))
+
+    with pytest.raises(PendingTransferError, match="expired"):
+        post_pending(transfer=p, idempotency_key="confirm-1")
+    assert PendingTransfer.objects.get(pk=p.pk).state == PendingTransfer.State.PENDING
 
 
 # --- void and expire ------------------------------------------------------------------------------------

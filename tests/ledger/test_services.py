@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 from moneyed import Money
 
 from ledger import clock
@@ -669,11 +669,6 @@ def test_batch_skip_posts_the_good_entries_and_reports_each_failure(
     assert posted(accounts.payable) == cny("60")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: post_batch resolves every account code before honouring on_error (ledger/services.py:180), "
-    "so in skip mode one unknown code raises AccountNotFound for the whole batch",
-)
 def test_batch_skip_reports_an_unknown_account_as_a_failure(
     accounts: Chart, pay_in: Callable[..., Entry]
 ) -> None:
@@ -748,11 +743,6 @@ def test_a_key_repeated_in_one_batch_with_other_content_is_a_failure_in_skip_mod
     assert result.created == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: in skip mode a later in-batch conflict on a key hides the entry posted under that key from "
-    "BatchResult.entries, though it was written and counted in `created` (ledger/services.py:335-339)",
-)
 def test_skip_mode_lists_the_entry_posted_under_a_key_that_later_conflicted(
     accounts: Chart, pay_in: Callable[..., Entry]
 ) -> None:
@@ -916,14 +906,6 @@ def test_reversing_twice_is_refused(
     assert posted(accounts.prepaid) == cny("100")
 
 
-@pytest.mark.xfail(
-    connection.vendor == "sqlite",
-    strict=True,
-    raises=AssertionError,
-    reason="bug (SQLite): reverse_entry (ledger/services.py:194-216) learns that an entry was reversed only "
-    "from the unique index; SQLite's writer updates the account totals first (ledger/backends.py:239), so "
-    "a second reversal that would also overdraw reports LimitExceeded instead of ReversalError",
-)
 def test_reversing_twice_is_a_reversal_error_even_when_it_would_also_overdraw(
     accounts: Chart, pay_in: Callable[..., Entry]
 ) -> None:

@@ -477,13 +477,6 @@ def test_postgres_a_rewritten_checkpoint_head_is_found(sealed: Sealed) -> None:
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("triggers_stay_on")
-@pytest.mark.xfail(
-    strict=True,
-    raises=json.JSONDecodeError,
-    reason="bug: check_checkpoints parses the stored payload with json.loads unguarded "
-    "(ledger/verification.py:193), so a payload that is not JSON crashes verify() and verify_ledger with a "
-    "traceback instead of reporting a checkpoint finding",
-)
 def test_postgres_a_checkpoint_payload_that_is_not_json_is_a_finding(sealed: Sealed) -> None:
     with tampering("ledger_checkpoint") as cursor:
         cursor.execute(
