@@ -1,0 +1,499 @@
+"""Lessons (一课一消): recorded by the institution, confirmed or disputed by the parent, confirmed by silence.
+
+A recorded lesson holds its value in the ledger (a pending transfer Dr ``prepaid:c`` / Cr ``payable:i``); the
+parent's confirmation, or silence for N working days, posts the hold; a dispute stops the clock until the
+institution or the regulator resolves it (release posts; upholding the dispute voids the hold and gives the
+hours back).
+
+The lesson state machine, the only one in this module::
+
+    pending → confirmed (parent, silence) | disputed (parent) | voided (closure)
+    disputed → confirmed (parent withdraws, or resolved for release) | voided (dispute upheld, closure)
+
+Amounts. Paid hours are consumed before gift hours (赠课, no cash value). A lesson taking paid hours ``p+1 ..
+p+n`` of a contract that has already taken ``T`` fen holds ``release_for_paid_hours(1, p+n) − T``: with no
+voided lessons that is exactly the schedule of ``Contract.release_for_paid_hours`` (100.00 yuan for 3 hours
+releases 33.33, 33.33, 33.34), and after a voided lesson it still makes the contract's releases add up to its
+amount to the fen.
+
+Ledger keys, all derived from the lesson's id: ``lesson:{pk}:hold``, ``lesson:{pk}:release``,
+``lesson:{pk}:void``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Q
+
+from custody.errors import IllegalTransition, RuleViolation
+from custody.models import (
+    ConfirmedBy,
+    Contract,
+    ContractState,
+    InstitutionState,
+    Lesson,
+    LessonState,
+    Refund,
+    RefundState,
+)
+from custody.selectors.lessons import paid_hours_taken
+from custody.services import calendar
+from custody.services._bulk import (
+    add_contract_hours,
+    fetch_by_ids,
+    finish_contracts,
+    lock_rows,
+    reserve_ids,
+    update_states,
+)
+from ledger import clock
+from ledger.models import Account
+from ledger.money import from_minor
+from ledger.services import NewPending, Resolution, create_pending_batch, resolve_pending_batch
+
+LESSON_TRANSITIONS: Mapping[str, frozenset[str]] = {
+    LessonState.PENDING: frozenset({LessonState.CONFIRMED, LessonState.DISPUTED, LessonState.VOIDED}),
+    LessonState.DISPUTED: frozenset({LessonState.CONFIRMED, LessonState.VOIDED}),
+    LessonState.CONFIRMED: frozenset(),
+    LessonState.VOIDED: frozenset(),
+}
+
+# Refund states after which a contract takes no more lessons (a rejected claim does not stop the service).
+_REFUND_STOPS_LESSONS = (RefundState.CLAIMED, RefundState.APPROVED, RefundState.INSTRUCTED, RefundState.PAID)
+MAX_LESSON_HOURS = 12
+
+
+def hold_key(lesson_id: int) -> str:
+    return f"lesson:{lesson_id}:hold"
+
+
+def release_key(lesson_id: int) -> str:
+    return f"lesson:{lesson_id}:release"
+
+
+def void_key(lesson_id: int) -> str:
+    return f"lesson:{lesson_id}:void"
+
+
+def check_lesson_transition(lesson: Lesson, target: str) -> None:
+    if target not in LESSON_TRANSITIONS[lesson.state]:
+        raise IllegalTransition("lesson", lesson.state, target)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewLesson:
+    """One lesson the institution delivered. ``idempotency_key`` is the institution's own id for it (a retry
+    with the same key returns the lesson recorded the first time)."""
+
+    contract: Contract
+    held_at: datetime
+    hours: int = 1
+    idempotency_key: str
+
+
+@dataclass
+class _ContractTally:
+    """Running counters of one locked contract while a batch of lessons is split and priced."""
+
+    contract: Contract
+    remaining_hours: int
+    paid_taken: int
+    value_taken: int
+
+
+def record_lessons(*, lessons: Sequence[NewLesson], recorded_by: User | None = None) -> list[Lesson]:
+    """Record delivered lessons in bulk: one ledger call for all holds, one insert for all rows.
+
+    Refuses the whole batch (nothing is written) if any lesson breaks a rule: beyond the contract's remaining
+    hours (``lesson_beyond_paid_hours``), a contract not active or under refund, an institution that may not
+    record lessons, a lesson in the future. Lessons whose key was recorded before are returned as they are.
+    """
+    if not lessons:
+        return []
+    now = clock.now()
+    _validate_shapes(lessons, now=now)
+    keys = list(dict.fromkeys(new.idempotency_key for new in lessons))
+    with transaction.atomic():
+        lock_rows("custody_contract", {new.contract.pk for new in lessons})
+        existing = _existing_lessons(keys)
+        for new in lessons:
+            _check_replay(new, existing.get(new.idempotency_key))
+        fresh: dict[str, NewLesson] = {}
+        for new in lessons:
+            if new.idempotency_key not in existing:
+                fresh.setdefault(new.idempotency_key, new)
+        if fresh:
+            existing.update(_insert(list(fresh.values()), recorded_by=recorded_by, now=now))
+    return [existing[new.idempotency_key] for new in lessons]
+
+
+def _validate_shapes(lessons: Sequence[NewLesson], *, now: datetime) -> None:
+    seen: dict[str, NewLesson] = {}
+    for new in lessons:
+        if not new.idempotency_key or len(new.idempotency_key) > 200:
+            raise RuleViolation(
+                "idempotency_key_required",
+                "课时记录须有1至200字符的幂等键 a lesson needs an idempotency key of 1 to 200 characters",
+                field="idempotency_key",
+            )
+        if not 1 <= new.hours <= MAX_LESSON_HOURS:
+            raise RuleViolation(
+                "lesson_hours",
+                f"每次课时数须在1至{MAX_LESSON_HOURS}之间 a lesson lasts 1 to {MAX_LESSON_HOURS} class hours",
+                field="hours",
+                limit=MAX_LESSON_HOURS,
+                requested=new.hours,
+            )
+        if new.held_at.tzinfo is None:
+            raise ValueError("held_at must be timezone-aware")
+        if new.held_at > now:
+            raise RuleViolation(
+                "lesson_in_future",
+                "不能登记尚未上的课 a lesson cannot be recorded before it is held",
+                field="held_at",
+                held_at=new.held_at.isoformat(),
+            )
+        first = seen.setdefault(new.idempotency_key, new)
+        if _content(first) != _content(new):
+            raise _key_reused(new.idempotency_key)
+
+
+def _content(new: NewLesson) -> tuple[int, datetime, int]:
+    return (new.contract.pk, new.held_at, new.hours)
+
+
+def _key_reused(key: str) -> RuleViolation:
+    return RuleViolation(
+        "idempotency_key_reused",
+        f"幂等键 {key} 已用于另一节课 idempotency key {key} was used for another lesson",
+        field="idempotency_key",
+    )
+
+
+def _existing_lessons(keys: Sequence[str]) -> dict[str, Lesson]:
+    found: dict[str, Lesson] = {}
+    for start in range(0, len(keys), 5000):
+        found.update(
+            (lesson.idempotency_key, lesson)
+            for lesson in Lesson.objects.filter(idempotency_key__in=keys[start : start + 5000])
+        )
+    return found
+
+
+def _check_replay(new: NewLesson, lesson: Lesson | None) -> None:
+    if lesson is not None and (lesson.contract_id, lesson.held_at, lesson.hours) != _content(new):
+        raise _key_reused(new.idempotency_key)
+
+
+def _insert(lessons: list[NewLesson], *, recorded_by: User | None, now: datetime) -> dict[str, Lesson]:
+    contract_ids = sorted({new.contract.pk for new in lessons})
+    tallies = _tallies(contract_ids, now=now)
+    # Split each lesson into paid and gift hours and price it, in the order given.
+    priced: list[tuple[NewLesson, _ContractTally, int, int]] = []
+    for new in lessons:
+        tally = tallies[new.contract.pk]
+        if new.hours > tally.remaining_hours:
+            raise RuleViolation(
+                "lesson_beyond_paid_hours",
+                f"合同{tally.contract.number}剩余{tally.remaining_hours}课时，不能登记{new.hours}课时 "
+                f"contract {tally.contract.number} has {tally.remaining_hours} hours left; "
+                f"{new.hours} cannot be recorded",
+                field="hours",
+                contract=tally.contract.number,
+                remaining=tally.remaining_hours,
+                requested=new.hours,
+            )
+        contract = tally.contract
+        paid = min(new.hours, contract.paid_hours - tally.paid_taken)
+        amount = 0
+        if paid > 0:
+            schedule = contract.release_for_paid_hours(1, tally.paid_taken + paid)
+            amount = max(0, min(schedule - tally.value_taken, contract.amount_fen - tally.value_taken))
+        tally.remaining_hours -= new.hours
+        tally.paid_taken += paid
+        tally.value_taken += amount
+        priced.append((new, tally, paid, amount))
+
+    ids = reserve_ids(Lesson, len(priced))
+    deadlines: dict[int, datetime] = {}
+    holds = create_pending_batch(
+        transfers=[
+            NewPending(
+                idempotency_key=hold_key(lesson_id),
+                kind="lesson",
+                debit_account=_account(tally.contract.prepaid_account),
+                credit_account=_account(tally.contract.institution.payable_account),
+                amount=from_minor(amount, "CNY"),
+                metadata={"lesson": lesson_id, "contract": tally.contract.pk},
+            )
+            for lesson_id, (_, tally, _, amount) in zip(ids, priced, strict=True)
+            if amount > 0
+        ]
+    )
+    hold_ids = iter(hold.pk for hold in holds)
+    rows: list[Lesson] = []
+    pending_hours: dict[int, int] = defaultdict(int)
+    for lesson_id, (new, tally, paid, amount) in zip(ids, priced, strict=True):
+        days = tally.contract.policy.lesson_auto_confirm_working_days
+        if days not in deadlines:
+            deadlines[days] = calendar.add_working_days(now, days)
+        rows.append(
+            Lesson(
+                id=lesson_id,
+                contract_id=tally.contract.pk,
+                institution_id=tally.contract.institution_id,
+                idempotency_key=new.idempotency_key,
+                held_at=new.held_at,
+                hours=new.hours,
+                paid_hours=paid,
+                amount_fen=amount,
+                state=LessonState.PENDING,
+                pending_transfer_id=next(hold_ids) if amount > 0 else None,
+                recorded_at=now,
+                recorded_by=recorded_by,
+                confirm_deadline=deadlines[days],
+            )
+        )
+        pending_hours[tally.contract.pk] += new.hours
+    Lesson.objects.bulk_create(rows, batch_size=5000)
+    add_contract_hours({cid: (hours, 0, 0) for cid, hours in pending_hours.items()})
+    return {row.idempotency_key: row for row in rows}
+
+
+def _account(account: Account | None) -> Account:
+    if account is None:
+        raise RuntimeError(
+            "the contract or institution has no ledger account; it was not opened by its service"
+        )
+    return account
+
+
+def _tallies(contract_ids: Sequence[int], *, now: datetime) -> dict[int, _ContractTally]:
+    """The locked contracts with what they have left, after checking that each may take lessons."""
+    contracts = {
+        c.pk: c
+        for c in Contract.objects.filter(pk__in=contract_ids).select_related(
+            "policy", "prepaid_account", "institution__payable_account", "institution__closure"
+        )
+    }
+    stopped = set(
+        Refund.objects.filter(contract_id__in=contract_ids, state__in=_REFUND_STOPS_LESSONS).values_list(
+            "contract_id", flat=True
+        )
+    )
+    taken = paid_hours_taken(contract_ids)
+    tallies: dict[int, _ContractTally] = {}
+    for contract_id in contract_ids:
+        contract = contracts[contract_id]
+        _check_may_take_lessons(contract, refund_open=contract_id in stopped, now=now)
+        prepaid = _account(contract.prepaid_account)
+        tallies[contract_id] = _ContractTally(
+            contract=contract,
+            remaining_hours=contract.remaining_hours,
+            paid_taken=taken[contract_id],
+            value_taken=prepaid.debits_posted + prepaid.debits_pending,
+        )
+    return tallies
+
+
+def _check_may_take_lessons(contract: Contract, *, refund_open: bool, now: datetime) -> None:
+    institution = contract.institution
+    if institution.state == InstitutionState.CLOSING:
+        # A planned closure keeps teaching through its notice period, until refunds start.
+        closure = getattr(institution, "closure", None)
+        if closure is None or closure.refunds_start_at <= now:
+            raise RuleViolation(
+                "institution_not_active",
+                f"机构{institution.name}停办退费中，不能登记课时 {institution.name} is closing; "
+                "no lessons can be recorded",
+                institution=institution.pk,
+                state=institution.state,
+            )
+    elif institution.state != InstitutionState.ACTIVE:
+        raise RuleViolation(
+            "institution_not_active",
+            f"机构{institution.name}状态为{institution.state}，不能登记课时 "
+            f"{institution.name} is {institution.state}; no lessons can be recorded",
+            institution=institution.pk,
+            state=institution.state,
+        )
+    if contract.state != ContractState.ACTIVE:
+        raise RuleViolation(
+            "contract_not_active",
+            f"合同{contract.number}状态为{contract.state}，不能登记课时 "
+            f"contract {contract.number} is {contract.state}; no lessons can be recorded",
+            contract=contract.number,
+            state=contract.state,
+        )
+    if refund_open:
+        raise RuleViolation(
+            "contract_under_refund",
+            f"合同{contract.number}已申请退费，不能再登记课时 "
+            f"contract {contract.number} has a refund claim; no more lessons can be recorded",
+            contract=contract.number,
+        )
+
+
+# --- confirmation and disputes ----------------------------------------------------------------------------
+
+
+def confirm_lesson(*, lesson: Lesson) -> Lesson:
+    """The parent confirms (家长确认): the hold is posted and the hours count as consumed. A parent may also
+    confirm a lesson they disputed (withdrawing the dispute)."""
+    return _release(lesson=lesson, by=ConfirmedBy.PARENT, note="")
+
+
+def dispute_lesson(*, lesson: Lesson, reason: str) -> Lesson:
+    """The parent disputes (异议): the lesson stays held, and no longer confirms itself by silence."""
+    if not reason.strip():
+        raise RuleViolation("dispute_needs_reason", "异议须说明理由 a dispute needs a reason", field="reason")
+    with transaction.atomic():
+        locked = _lock_lesson(lesson)
+        check_lesson_transition(locked, LessonState.DISPUTED)
+        locked.state = LessonState.DISPUTED
+        locked.disputed_at = clock.now()
+        locked.dispute_reason = reason.strip()[:500]
+        locked.save(update_fields=["state", "disputed_at", "dispute_reason"])
+    return locked
+
+
+def resolve_dispute(*, lesson: Lesson, release: bool, note: str, by: str) -> Lesson:
+    """The institution or the regulator resolves a dispute: ``release`` posts the hold (the lesson counts),
+    otherwise the dispute is upheld, the hold is voided and the hours go back to the contract."""
+    if by not in (ConfirmedBy.INSTITUTION, ConfirmedBy.REGULATOR):
+        raise ValueError(f"a dispute is resolved by the institution or the regulator, not {by!r}")
+    if not note.strip():
+        raise RuleViolation(
+            "resolution_needs_note", "处理异议须说明理由 a resolution needs a note", field="note"
+        )
+    if release:
+        return _release(lesson=lesson, by=by, note=note, disputed_only=True)
+    return _void(lesson=lesson, note=note, disputed_only=True)
+
+
+def _void(*, lesson: Lesson, note: str, disputed_only: bool) -> Lesson:
+    """Void an unconfirmed lesson: the hold is released and its hours return to the contract."""
+    with transaction.atomic():
+        locked = _lock_lesson(lesson)
+        if disputed_only and locked.state != LessonState.DISPUTED:
+            raise IllegalTransition("lesson", locked.state, "resolved")
+        check_lesson_transition(locked, LessonState.VOIDED)
+        now = clock.now()
+        if locked.pending_transfer_id is not None:
+            resolve_pending_batch(
+                resolutions=[Resolution(locked.pending_transfer_id, "void", void_key(locked.pk))]
+            )
+        locked.state = LessonState.VOIDED
+        locked.resolved_at = now
+        locked.resolution_note = note.strip()[:500]
+        locked.save(update_fields=["state", "resolved_at", "resolution_note"])
+        add_contract_hours({locked.contract_id: (-locked.hours, 0, 0)})
+        finish_contracts([locked.contract_id], now=now)
+    return locked
+
+
+def _release(*, lesson: Lesson, by: str, note: str, disputed_only: bool = False) -> Lesson:
+    with transaction.atomic():
+        locked = _lock_lesson(lesson)
+        if disputed_only and locked.state != LessonState.DISPUTED:
+            raise IllegalTransition("lesson", locked.state, "resolved")
+        check_lesson_transition(locked, LessonState.CONFIRMED)
+        now = clock.now()
+        if locked.pending_transfer_id is not None:
+            resolve_pending_batch(
+                resolutions=[Resolution(locked.pending_transfer_id, "post", release_key(locked.pk))]
+            )
+        fields = ["state", "confirmed_at", "confirmed_by"]
+        if locked.state == LessonState.DISPUTED:
+            locked.resolved_at = now
+            locked.resolution_note = note.strip()[:500]
+            fields += ["resolved_at", "resolution_note"]
+        locked.state = LessonState.CONFIRMED
+        locked.confirmed_at = now
+        locked.confirmed_by = by
+        locked.save(update_fields=fields)
+        add_contract_hours({locked.contract_id: (-locked.hours, locked.hours, 0)})
+        finish_contracts([locked.contract_id], now=now)
+    return locked
+
+
+def _lock_lesson(lesson: Lesson) -> Lesson:
+    """Lock the lesson's contract, then the lesson (the flows' lock order), and return it fresh."""
+    lock_rows("custody_contract", [lesson.contract_id])
+    return Lesson.objects.select_for_update().get(pk=lesson.pk)
+
+
+# --- confirmation by silence ------------------------------------------------------------------------------
+
+
+def auto_confirm_due_lessons(*, now: datetime | None = None, limit: int = 50_000) -> int:
+    """Confirm every pending lesson whose deadline has passed (逾期默认确认). Returns how many.
+
+    Set-based: per transaction of at most ``limit`` lessons, one ledger call posts all their holds and a few
+    statements update the lessons and their contracts. Disputed lessons are never touched. Safe to re-run and
+    to run beside parents confirming: whatever another transaction confirmed first is skipped.
+    """
+    moment = now or clock.now()
+    total = 0
+    while True:
+        selected, confirmed = _auto_confirm_batch(moment, limit)
+        total += confirmed
+        if selected < limit:
+            return total
+
+
+def _auto_confirm_batch(moment: datetime, limit: int) -> tuple[int, int]:
+    with transaction.atomic():
+        # A frozen institution's lessons wait: the regulator has stopped its releases (they confirm once it
+        # is unfrozen). A closing one's confirm through the notice period; once refunds start, the closure
+        # voids them.
+        due = list(
+            Lesson.objects.filter(state=LessonState.PENDING, confirm_deadline__lte=moment)
+            .filter(
+                Q(institution__state=InstitutionState.ACTIVE)
+                | Q(
+                    institution__state=InstitutionState.CLOSING,
+                    institution__closure__refunds_start_at__gt=moment,
+                )
+            )
+            .order_by("pk")
+            .values_list("pk", "contract_id")[:limit]
+        )
+        if not due:
+            return 0, 0
+        lock_rows("custody_contract", {contract_id for _, contract_id in due})
+        # Under the contracts' locks nobody else changes these lessons; re-read the ones still pending.
+        rows = fetch_by_ids(
+            "SELECT id, contract_id, hours, pending_transfer_id FROM custody_lesson "
+            "WHERE id {ids} AND state = 'pending'",
+            [pk for pk, _ in due],
+        )
+        resolve_pending_batch(
+            resolutions=[
+                Resolution(transfer_id, "post", release_key(pk))
+                for pk, _, _, transfer_id in rows
+                if transfer_id is not None
+            ]
+        )
+        ids = [row[0] for row in rows]
+        changed = update_states(
+            "custody_lesson",
+            ids,
+            from_states=[LessonState.PENDING],
+            to_state=LessonState.CONFIRMED,
+            extra={"confirmed_at": moment, "confirmed_by": ConfirmedBy.SILENCE.value},
+        )
+        if changed != len(ids):
+            raise RuntimeError("a locked lesson changed state during auto-confirmation")
+        hours: dict[int, int] = defaultdict(int)
+        for _, contract_id, lesson_hours, _ in rows:
+            hours[contract_id] += lesson_hours
+        add_contract_hours({cid: (-h, h, 0) for cid, h in hours.items()})
+        finish_contracts(sorted(hours), now=moment)
+        return len(due), len(ids)
