@@ -1,0 +1,382 @@
+"""Closures (终止办学 / 跑路): every contract's unconsumed value goes back to its parents through the bank.
+
+Flow 6 of docs/flows.md:
+
+- ``order_closure`` planned: institution → closing (no new contracts or payments; lessons go on until refunds
+  start, ``closure_notice_days`` = 30 later). Abnormal: institution → frozen at once, refunds start now.
+- ``run_closure``, per batch of contracts, in one transaction: void every unconfirmed lesson (pending and
+  disputed; key ``lesson:{pk}:void``); one approved closure refund per contract with value left,
+  Dr ``prepaid:c`` / Cr ``refund_payable:c`` (key ``closure:{closure}:contract:{contract}``); the contract →
+  refunded (completed when nothing was left).
+- then the refund payouts (refunds.instruct_refund_payouts; from the reserve in risk-reserve mode);
+- finally institution → closed and the closure completed.
+
+``run_closure`` is a resumable job: each batch is one transaction that takes its contracts out of the active
+set, so a run killed at any point (even SIGKILL) and started again continues where the last committed batch
+ended; the unique constraint "one closure refund per contract" and the deterministic ledger keys make a
+double refund impossible even if two runs race. Release payouts skip closing, frozen and closed institutions;
+refund payouts go on.
+
+A contract whose own refund claim was already approved but not yet paid cannot take a second refund (one
+open refund per contract): it waits, and the closure stays running until that payout is done and a later
+run (the periodic task) refunds the rest. Claims not yet answered are superseded by the closure refund.
+
+The closure state machine: announced → running → completed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import F
+
+from custody.errors import IllegalTransition, RuleViolation
+from custody.models import (
+    Closure,
+    ClosureMode,
+    ClosureState,
+    Contract,
+    ContractState,
+    Institution,
+    InstitutionState,
+    LessonState,
+    Policy,
+    Refund,
+    RefundReason,
+    RefundState,
+    SupervisionMode,
+)
+from custody.selectors.policy import current_policy
+from custody.selectors.refunds import refund_quotes
+from custody.services import calendar
+from custody.services._bulk import (
+    add_contract_hours,
+    fetch_by_ids,
+    lock_rows,
+    reserve_ids,
+    update_states,
+)
+from custody.services.contracts import CONTRACT_TRANSITIONS
+from custody.services.institutions import transition_institution
+from custody.services.lessons import void_key
+from custody.services.refunds import instruct_refund_payouts
+from ledger import clock
+from ledger.money import from_minor
+from ledger.services import NewEntry, Resolution, credit, debit, post_batch, resolve_pending_batch
+
+CLOSURE_TRANSITIONS = {
+    ClosureState.ANNOUNCED: frozenset({ClosureState.RUNNING}),
+    ClosureState.RUNNING: frozenset({ClosureState.COMPLETED}),
+    ClosureState.COMPLETED: frozenset(),
+}
+SUPERSEDED = "机构停办，由停办退费统一办理 superseded by the institution's closure refund"
+VOIDED_BY_CLOSURE = "机构停办，未确认课时作废 voided by the institution's closure"
+
+
+def refund_key(closure_id: int, contract_id: int) -> str:
+    return f"closure:{closure_id}:contract:{contract_id}"
+
+
+def order_closure(
+    *, institution: Institution, mode: str, reason: str, ordered_by: User | None = None
+) -> Closure:
+    """The regulator orders a closure. Planned: the institution is closing and refunds start after the notice
+    period (``policy.closure_notice_days``). Abnormal (跑路): frozen at once, refunds start now and the run is
+    enqueued after commit. An abnormal order on an announced planned closure escalates it."""
+    if not reason.strip():
+        raise RuleViolation("reason_required", "须说明理由 a reason is required", field="reason")
+    closure_mode = ClosureMode(mode)
+    now = clock.now()
+    with transaction.atomic():
+        locked = Institution.objects.select_for_update().get(pk=institution.pk)
+        closure = Closure.objects.filter(institution=locked).first()
+        if closure is not None:
+            if not (
+                closure.state == ClosureState.ANNOUNCED
+                and closure.mode == ClosureMode.PLANNED
+                and closure_mode == ClosureMode.ABNORMAL
+            ):
+                raise RuleViolation(
+                    "closure_already_ordered",
+                    f"机构{locked.name}已有停办程序 a closure of {locked.name} was already ordered",
+                    closure=closure.pk,
+                    state=closure.state,
+                )
+            # Escalation: the notice period ends now.
+            closure.mode = ClosureMode.ABNORMAL
+            closure.refunds_start_at = now
+            closure.reason = f"{closure.reason}; {reason.strip()}"[:500]
+            closure.save(update_fields=["mode", "refunds_start_at", "reason"])
+        else:
+            if closure_mode == ClosureMode.PLANNED:
+                transition_institution(institution=locked, to_state=InstitutionState.CLOSING, reason=reason)
+                starts = now + timedelta(days=current_policy(locked.jurisdiction).closure_notice_days)
+            else:
+                if locked.state != InstitutionState.FROZEN:
+                    transition_institution(
+                        institution=locked, to_state=InstitutionState.FROZEN, reason=reason
+                    )
+                starts = now
+            closure = Closure.objects.create(
+                institution=locked,
+                mode=closure_mode,
+                state=ClosureState.ANNOUNCED,
+                ordered_by=ordered_by,
+                ordered_at=now,
+                reason=reason.strip()[:500],
+                refunds_start_at=starts,
+            )
+        if closure.refunds_start_at <= now:
+            closure_id = closure.pk
+            transaction.on_commit(lambda: _enqueue_run(closure_id))
+    institution.state = locked.state
+    institution.state_changed_at = locked.state_changed_at
+    institution.state_reason = locked.state_reason
+    return closure
+
+
+def _enqueue_run(closure_id: int) -> None:
+    from custody.tasks import run_closure_task
+
+    run_closure_task.delay(closure_id)
+
+
+def run_closure(*, closure: Closure, batch_size: int = 500) -> Closure:
+    """Refund every contract of the closing institution, ``batch_size`` contracts per transaction; then
+    instruct the refund payouts and close the institution. Resumable and safe to run twice (see module)."""
+    now = clock.now()
+    current = Closure.objects.get(pk=closure.pk)
+    if current.state == ClosureState.COMPLETED:
+        return current
+    if current.refunds_start_at > now:
+        raise RuleViolation(
+            "closure_notice_period",
+            f"停办公告期至{current.refunds_start_at.isoformat()}，尚不能退费 "
+            f"refunds start at {current.refunds_start_at.isoformat()}, after the notice period",
+            refunds_start_at=current.refunds_start_at.isoformat(),
+        )
+    _start(current.pk, now=now)
+    while _refund_batch(current.pk, batch_size=batch_size, now=clock.now()):
+        pass
+    institution = Institution.objects.get(pk=current.institution_id)
+    if institution.supervision_mode == SupervisionMode.RISK_RESERVE:
+        from custody.services.reserve import pay_closure_refunds_from_reserve
+
+        pay_closure_refunds_from_reserve(closure=current)
+    instruct_refund_payouts(institution=institution)
+    _finish(current.pk)
+    return Closure.objects.get(pk=current.pk)
+
+
+def _start(closure_id: int, *, now: datetime) -> None:
+    with transaction.atomic():
+        closure = Closure.objects.select_for_update().get(pk=closure_id)
+        if closure.state == ClosureState.ANNOUNCED:
+            closure.state = ClosureState.RUNNING
+            closure.started_at = now
+            closure.contracts_total = Contract.objects.filter(
+                institution_id=closure.institution_id, state=ContractState.ACTIVE
+            ).count()
+            closure.save(update_fields=["state", "started_at", "contracts_total"])
+        institution = Institution.objects.get(pk=closure.institution_id)
+        if institution.state == InstitutionState.FROZEN:
+            transition_institution(
+                institution=institution, to_state=InstitutionState.CLOSING, reason=closure.reason
+            )
+        # Orders never paid will not be: the institution takes no more payments.
+        if ContractState.CANCELLED not in CONTRACT_TRANSITIONS[ContractState.AWAITING_PAYMENT]:
+            raise RuntimeError("awaiting_payment → cancelled is not a contract transition")
+        unpaid = list(
+            Contract.objects.filter(
+                institution_id=closure.institution_id, state=ContractState.AWAITING_PAYMENT
+            ).values_list("pk", flat=True)
+        )
+        lock_rows("custody_contract", unpaid)
+        update_states(
+            "custody_contract",
+            unpaid,
+            from_states=[ContractState.AWAITING_PAYMENT],
+            to_state=ContractState.CANCELLED,
+            extra={"ended_at": now},
+        )
+
+
+def _refund_batch(closure_id: int, *, batch_size: int, now: datetime) -> int:
+    """One transaction: up to ``batch_size`` active contracts leave the active set with their refunds.
+    Returns how many contracts it took (0: nothing left that can be refunded now)."""
+    with transaction.atomic():
+        closure = Closure.objects.select_for_update().get(pk=closure_id)
+        if closure.state != ClosureState.RUNNING:
+            return 0
+        candidates = list(
+            Contract.objects.filter(institution_id=closure.institution_id, state=ContractState.ACTIVE)
+            .exclude(refunds__state__in=(RefundState.APPROVED, RefundState.INSTRUCTED))
+            .order_by("pk")
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not candidates:
+            return 0
+        lock_rows("custody_contract", candidates)
+        ids = [
+            row[0]
+            for row in fetch_by_ids(
+                "SELECT id FROM custody_contract WHERE id {ids} AND state = 'active' ORDER BY id", candidates
+            )
+        ]
+        if not ids:
+            return 0
+        Refund.objects.filter(contract_id__in=ids, state=RefundState.CLAIMED).update(
+            state=RefundState.REJECTED, answered_at=now, rejection_reason=SUPERSEDED
+        )
+        voided = _void_unconfirmed_lessons(ids, now=now)
+        refunded_fen = _create_refunds(closure, ids, now=now)
+        Closure.objects.filter(pk=closure.pk).update(
+            contracts_done=F("contracts_done") + len(ids),
+            lessons_voided=F("lessons_voided") + voided,
+            refunded_fen=F("refunded_fen") + refunded_fen,
+        )
+        return len(ids)
+
+
+def _void_unconfirmed_lessons(contract_ids: Sequence[int], *, now: datetime) -> int:
+    lessons = fetch_by_ids(
+        "SELECT id, contract_id, hours, pending_transfer_id FROM custody_lesson "
+        "WHERE contract_id {ids} AND state IN ('pending', 'disputed') ORDER BY id",
+        contract_ids,
+    )
+    if not lessons:
+        return 0
+    resolve_pending_batch(
+        resolutions=[
+            Resolution(transfer_id, "void", void_key(pk)) for pk, _, _, transfer_id in lessons if transfer_id
+        ]
+    )
+    changed = update_states(
+        "custody_lesson",
+        [row[0] for row in lessons],
+        from_states=[LessonState.PENDING, LessonState.DISPUTED],
+        to_state=LessonState.VOIDED,
+        extra={"resolved_at": now, "resolution_note": VOIDED_BY_CLOSURE},
+    )
+    if changed != len(lessons):
+        raise RuntimeError("a lesson of a locked contract changed state during the closure")
+    hours: dict[int, int] = defaultdict(int)
+    for _, contract_id, lesson_hours, _ in lessons:
+        hours[contract_id] += lesson_hours
+    add_contract_hours({cid: (-h, 0, 0) for cid, h in hours.items()})
+    return len(lessons)
+
+
+def _create_refunds(closure: Closure, contract_ids: Sequence[int], *, now: datetime) -> int:
+    quotes = refund_quotes(contract_ids, today=calendar.local_date(now))
+    with_value = [quotes[cid] for cid in contract_ids if quotes[cid].amount_fen > 0]
+    without_value = [cid for cid in contract_ids if quotes[cid].amount_fen <= 0]
+    if with_value:
+        policies = dict(
+            Contract.objects.filter(pk__in=[q.contract_id for q in with_value]).values_list("pk", "policy_id")
+        )
+        deadlines = _payout_deadlines(set(policies.values()), now=now)
+        refund_ids = reserve_ids(Refund, len(with_value))
+        result = post_batch(
+            entries=[
+                NewEntry(
+                    idempotency_key=refund_key(closure.pk, q.contract_id),
+                    kind="refund",
+                    legs=[
+                        debit(f"prepaid:c{q.contract_id}", from_minor(q.amount_fen, "CNY")),
+                        credit(f"refund_payable:c{q.contract_id}", from_minor(q.amount_fen, "CNY")),
+                    ],
+                    metadata={"refund": refund_id, "contract": q.contract_id, "closure": closure.pk},
+                )
+                for refund_id, q in zip(refund_ids, with_value, strict=True)
+            ]
+        )
+        Refund.objects.bulk_create(
+            [
+                Refund(
+                    id=refund_id,
+                    contract_id=q.contract_id,
+                    reason=RefundReason.CLOSURE,
+                    state=RefundState.APPROVED,
+                    idempotency_key=refund_key(closure.pk, q.contract_id),
+                    claimed_at=now,
+                    claim_note=closure.reason[:500],
+                    answered_at=now,
+                    approved_by="closure",
+                    paid_hours=q.paid_hours,
+                    amount_fen=q.amount_fen,
+                    entry=entry,
+                    payout_due=deadlines[(policies[q.contract_id], q.before_start)],
+                )
+                for refund_id, q, entry in zip(refund_ids, with_value, result.entries, strict=True)
+            ],
+            batch_size=2000,
+        )
+        add_contract_hours({q.contract_id: (0, 0, q.paid_hours) for q in with_value})
+    _transition_all([q.contract_id for q in with_value], ContractState.REFUNDED, now=now)
+    # Nothing left to give back (every paid hour was consumed): the contract is done.
+    _transition_all(without_value, ContractState.COMPLETED, now=now)
+    return sum(q.amount_fen for q in with_value)
+
+
+def _payout_deadlines(policy_ids: set[int], *, now: datetime) -> dict[tuple[int, bool], date]:
+    deadlines: dict[tuple[int, bool], date] = {}
+    by_days: dict[int, date] = {}
+    for policy in Policy.objects.filter(pk__in=policy_ids):
+        for before_start, days in (
+            (True, policy.refund_payout_before_start_working_days),
+            (False, policy.refund_payout_after_start_working_days),
+        ):
+            if days not in by_days:
+                by_days[days] = calendar.local_date(calendar.add_working_days(now, days))
+            deadlines[(policy.pk, before_start)] = by_days[days]
+    return deadlines
+
+
+def _transition_all(contract_ids: Sequence[int], target: ContractState, *, now: datetime) -> None:
+    if target not in CONTRACT_TRANSITIONS[ContractState.ACTIVE]:
+        raise RuntimeError(f"active → {target} is not a contract transition")
+    changed = update_states(
+        "custody_contract",
+        contract_ids,
+        from_states=[ContractState.ACTIVE],
+        to_state=target,
+        extra={"ended_at": now},
+    )
+    if changed != len(contract_ids):
+        raise RuntimeError("a locked contract changed state during the closure")
+
+
+def _finish(closure_id: int) -> None:
+    with transaction.atomic():
+        closure = Closure.objects.select_for_update().get(pk=closure_id)
+        if closure.state != ClosureState.RUNNING:
+            return
+        if Contract.objects.filter(
+            institution_id=closure.institution_id, state=ContractState.ACTIVE
+        ).exists():
+            return  # contracts waiting for their own refund's payout: a later run finishes
+        institution = Institution.objects.get(pk=closure.institution_id)
+        transition_institution(
+            institution=institution, to_state=InstitutionState.CLOSED, reason=closure.reason
+        )
+        if ClosureState.COMPLETED not in CLOSURE_TRANSITIONS[ClosureState(closure.state)]:
+            raise IllegalTransition("closure", closure.state, ClosureState.COMPLETED)
+        closure.state = ClosureState.COMPLETED
+        closure.finished_at = clock.now()
+        closure.save(update_fields=["state", "finished_at"])
+
+
+def due_closures(*, now: datetime | None = None) -> list[int]:
+    """Closures whose refunds have started and are not completed (the periodic task runs each)."""
+    return list(
+        Closure.objects.filter(
+            state__in=(ClosureState.ANNOUNCED, ClosureState.RUNNING), refunds_start_at__lte=now or clock.now()
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
