@@ -379,10 +379,24 @@ class SumTree:
     """
 
     def __init__(self, leaves: list[SumNode] | tuple[SumNode, ...]) -> None:
-        sums = [_check_sum(leaf.sum, "an amount") for leaf in leaves]
-        for leaf in leaves:
-            _check_hash(leaf.hash, "a leaf hash")
-        level = b"".join(leaf.record() for leaf in leaves)
+        self._build([leaf.hash for leaf in leaves], [leaf.sum for leaf in leaves])
+
+    @classmethod
+    def from_parts(cls, hashes: list[bytes], sums: list[int]) -> SumTree:
+        """The same tree from leaf hashes and amounts side by side (no ``SumNode`` per leaf: faster)."""
+        tree = cls.__new__(cls)
+        tree._build(hashes, sums)
+        return tree
+
+    def _build(self, hashes: list[bytes], sums: list[int]) -> None:
+        if len(hashes) != len(sums):
+            raise ValueError("as many leaf hashes as amounts are needed")
+        for amount in sums:
+            _check_sum(amount, "an amount")
+        for digest in hashes:
+            _check_hash(digest, "a leaf hash")
+        level = b"".join([h + s.to_bytes(SUM_SIZE, "big") for h, s in zip(hashes, sums, strict=True)])
+        sums = list(sums)
         self.size = len(sums)
         self._levels = [level]
         self._sums = [sums]
