@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,8 +143,15 @@ def trusted_public_keys() -> dict[str, str]:
     return keys
 
 
-def create_checkpoint(*, extra: dict[str, Any] | None = None) -> Checkpoint:
-    """Seal what is queued, then sign the chain head (and any ``extra`` fields, e.g. Merkle roots)."""
+def create_checkpoint(
+    *,
+    extra: dict[str, Any] | None = None,
+    extra_at_head: Callable[[int, str], Mapping[str, Any]] | None = None,
+) -> Checkpoint:
+    """Seal what is queued, then sign the chain head (and any ``extra`` fields, e.g. Merkle roots).
+
+    ``extra_at_head(seq, hash)`` is called inside the transaction, with the head about to be signed, for
+    fields that must describe exactly that head (the entry log's Merkle root, see ``ledger.proofs``)."""
     seal()
     with transaction.atomic():
         head = ChainLink.objects.order_by("-seq").values_list("seq", "hash").first() or (0, GENESIS_HASH)
@@ -156,6 +163,7 @@ def create_checkpoint(*, extra: dict[str, Any] | None = None) -> Checkpoint:
             "created_at": timestamp(created_at),
             "key_id": key_id,
             **(extra or {}),
+            **(extra_at_head(head[0], head[1]) if extra_at_head else {}),
         }
         payload = canonical_json(body)
         return Checkpoint.objects.create(

@@ -264,3 +264,69 @@ class Checkpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint {self.pk} at link {self.chain_seq}"
+
+
+class LiabilityTree(models.Model):
+    """A Merkle-sum tree of liabilities (负债证明) as a checkpoint signed it, kept to serve proofs later.
+
+    One subtree per group (e.g. per institution) and a top tree over the groups; ``groups`` lists them in
+    tree order as ``{"group", "root", "total", "count"}``. The leaves are ``LiabilityLeaf`` rows. Nothing here
+    is trusted: a proof built from a changed row no longer leads to the signed root (see ``ledger.proofs``).
+    """
+
+    created_at = models.DateTimeField()
+    root_hash = models.CharField(max_length=64)
+    total = models.BigIntegerField()
+    leaf_count = models.BigIntegerField()
+    groups = models.JSONField(default=list)
+
+    def __str__(self) -> str:
+        return f"liability tree {self.pk}: {self.leaf_count} leaves, total {self.total}"
+
+
+class LiabilityLeaf(models.Model):
+    """One liability in a tree: what ``reference`` (a contract) is owed, and the salt of its commitment."""
+
+    tree = models.ForeignKey(LiabilityTree, on_delete=models.PROTECT, related_name="leaves", db_index=False)
+    group_position = models.IntegerField()
+    position = models.IntegerField()
+    reference = models.CharField(max_length=200)
+    amount = models.BigIntegerField()
+    salt = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tree", "reference"], name="ledger_liability_leaf_reference"),
+            models.UniqueConstraint(
+                fields=["tree", "group_position", "position"], name="ledger_liability_leaf_position"
+            ),
+            models.CheckConstraint(
+                condition=Q(amount__gte=0), name="ledger_liability_leaf_amount_non_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"liability {self.reference}: {self.amount}"
+
+
+class CheckpointProofs(models.Model):
+    """What a checkpoint signed beyond the chain head: the entry log's Merkle root over the link hashes, the
+    right edge of that tree (so the next checkpoint extends it without re-reading history) and, when given,
+    the liabilities tree."""
+
+    checkpoint = models.OneToOneField(
+        Checkpoint, on_delete=models.PROTECT, primary_key=True, related_name="proofs"
+    )
+    log_size = models.BigIntegerField()
+    log_root = models.CharField(max_length=64)
+    # Hex roots of the perfect subtrees on the tree's right edge, largest first (merkle.CompactRange).
+    log_frontier = models.JSONField(default=list)
+    liability_tree = models.ForeignKey(
+        LiabilityTree, on_delete=models.PROTECT, null=True, blank=True, related_name="checkpoints"
+    )
+
+    class Meta:
+        indexes = [models.Index(fields=["log_size"], name="ledger_checkpointproofs_size")]
+
+    def __str__(self) -> str:
+        return f"proofs of checkpoint {self.checkpoint_id}: log of {self.log_size}"
