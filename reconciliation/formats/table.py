@@ -470,8 +470,8 @@ def _read_row(cells: Sequence[Cell], mapping: dict[str, list[int]], line_number:
     summary = " ".join(
         t for t in (cell_text(cells[i]) for i in mapping.get("summary", []) if i < len(cells)) if t
     )
-    # A reference column is trusted even when empty; free text is searched only when there is none.
-    reference = cell_text(at("reference")) if "reference" in mapping else find_reference(summary)
+    # The bank's reference column when it has one and filled it, else our reference quoted in the text.
+    reference = cell_text(at("reference")) or find_reference(summary)
     return _Row(
         line_number=line_number,
         serial=cell_identifier(at("serial"), line_number=line_number, what="流水号"),
