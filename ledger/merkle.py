@@ -341,10 +341,27 @@ def _encode_text(text: str) -> bytes:
 def liability_commitment(reference: str, amount: int, salt: bytes) -> bytes:
     """SHA-256("leaf" || salt || canonical(reference, amount)): binds the amount to one contract; the random
     salt (32 bytes, new per leaf per checkpoint) keeps a leaf's hash from revealing anything."""
-    _check_sum(amount, "the amount")
-    if len(salt) != SALT_SIZE:
-        raise ValueError(f"the salt must be {SALT_SIZE} bytes")
-    return _sha256(_LIABILITY_TAG + salt + _encode_text(reference) + amount.to_bytes(SUM_SIZE, "big"))
+    return liability_commitments([reference], [amount], salt)[0]
+
+
+def liability_commitments(references: list[str], amounts: list[int], salts: bytes) -> list[bytes]:
+    """``liability_commitment`` for many leaves at once; ``salts`` is their 32-byte salts concatenated."""
+    if len(references) != len(amounts) or len(salts) != SALT_SIZE * len(references):
+        raise ValueError(f"one amount and one {SALT_SIZE}-byte salt are needed per reference")
+    sha256, tag, commitments = hashlib.sha256, _LIABILITY_TAG, []
+    for i, (reference, amount) in enumerate(zip(references, amounts, strict=True)):
+        _check_sum(amount, "the amount")
+        raw = reference.encode("utf-8")
+        commitments.append(
+            sha256(
+                tag
+                + salts[i * SALT_SIZE : (i + 1) * SALT_SIZE]
+                + len(raw).to_bytes(4, "big")
+                + raw
+                + amount.to_bytes(SUM_SIZE, "big")
+            ).digest()
+        )
+    return commitments
 
 
 def liability_leaf(reference: str, amount: int, salt: bytes) -> SumNode:
@@ -395,27 +412,25 @@ class SumTree:
             _check_sum(amount, "an amount")
         for digest in hashes:
             _check_hash(digest, "a leaf hash")
+        # Amounts are non-negative, so no subtotal exceeds the total: one check covers every node.
+        _check_sum(sum(sums), "the total")
         level = b"".join([h + s.to_bytes(SUM_SIZE, "big") for h, s in zip(hashes, sums, strict=True)])
         sums = list(sums)
         self.size = len(sums)
         self._levels = [level]
         self._sums = [sums]
+        sha256, prefix, pair = hashlib.sha256, _NODE_PREFIX, 2 * _RECORD
         while len(sums) > 1:
             count = len(sums)
-            hashes = []
-            parent_sums = []
-            for i in range(0, count - 1, 2):
-                total = sums[i] + sums[i + 1]
-                if total > MAX_SUM:
-                    raise ValueError(f"a subtree total ({total}) does not fit in {SUM_SIZE} bytes")
-                start = i * _RECORD
-                hashes.append(_sha256(_NODE_PREFIX + level[start : start + 2 * _RECORD]))
-                hashes.append(total.to_bytes(SUM_SIZE, "big"))
-                parent_sums.append(total)
+            parent_sums = [sums[i] + sums[i + 1] for i in range(0, count - 1, 2)]
+            records = [
+                sha256(prefix + level[i * pair : (i + 1) * pair]).digest() + total.to_bytes(SUM_SIZE, "big")
+                for i, total in enumerate(parent_sums)
+            ]
             if count % 2:
-                hashes.append(level[-_RECORD:])
+                records.append(level[-_RECORD:])
                 parent_sums.append(sums[-1])
-            level = b"".join(hashes)
+            level = b"".join(records)
             sums = parent_sums
             self._levels.append(level)
             self._sums.append(sums)

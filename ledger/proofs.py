@@ -26,7 +26,7 @@ import os
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import groupby, islice
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,10 @@ class ProofMismatch(ProofError):
 
 
 def _validated(leaves: Iterable[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    rows = []
+    """The liabilities as (group, reference, amount) in the tree's order: groups by name, each group's
+    leaves as given (grouped in one pass; sorting a million references would cost seconds)."""
+    by_group: dict[str, list[tuple[str, str, int]]] = {}
+    seen: set[str] = set()
     for reference, group, amount in leaves:
         if not isinstance(reference, str) or not reference or len(reference) > 200:
             raise InvalidLiabilities(f"引用无效 invalid reference {reference!r}", reference=reference)
@@ -84,35 +87,34 @@ def _validated(leaves: Iterable[tuple[str, str, int]]) -> list[tuple[str, str, i
                 reference=reference,
                 amount=amount,
             )
-        rows.append((group, reference, amount))
-    rows.sort()
-    for (_, first, _), (_, second, _) in zip(rows, rows[1:], strict=False):
-        if first == second:
-            raise InvalidLiabilities(f"引用重复 reference listed twice: {first}", reference=first)
-    return [(reference, group, amount) for group, reference, amount in rows]
+        if reference in seen:
+            raise InvalidLiabilities(f"引用重复 reference listed twice: {reference}", reference=reference)
+        seen.add(reference)
+        by_group.setdefault(group, []).append((group, reference, amount))
+    return [row for name in sorted(by_group) for row in by_group[name]]
 
 
 def build_liability_tree(leaves: Iterable[tuple[str, str, int]]) -> LiabilityTree:
     """Build and store the Merkle-sum tree of ``(reference, group, amount_fen)`` liabilities.
 
-    Leaves are ordered by group then reference; each gets a fresh random 32-byte salt. Stored are the tree's
+    Leaves are ordered by group, then as given; each gets a fresh random 32-byte salt. Stored are the tree's
     roots and each leaf with its salt, enough to serve any leaf's proof later without rebuilding the rest.
     """
     rows = _validated(leaves)
     salts = os.urandom(merkle.SALT_SIZE * len(rows))
     groups: list[dict[str, Any]] = []
-    stored: list[tuple[int, int, str, int, str]] = []
-    offset = 0
-    for group_position, (group, members) in enumerate(groupby(rows, key=lambda row: row[1])):
-        hashes, sums = [], []
-        for position, (reference, _, amount) in enumerate(members):
-            salt = salts[offset * merkle.SALT_SIZE : (offset + 1) * merkle.SALT_SIZE]
-            offset += 1
-            hashes.append(merkle.liability_commitment(reference, amount, salt))
-            sums.append(amount)
-            stored.append((group_position, position, reference, amount, salt.hex()))
-        root = merkle.SumTree.from_parts(hashes, sums).root()
-        groups.append({"group": group, "root": root.hash.hex(), "total": root.sum, "count": len(sums)})
+    start = 0
+    for group, members in groupby(rows, key=lambda row: row[0]):
+        end = start + sum(1 for _ in members)
+        amounts = [amount for _, _, amount in rows[start:end]]
+        hashes = merkle.liability_commitments(
+            [reference for _, reference, _ in rows[start:end]],
+            amounts,
+            salts[start * merkle.SALT_SIZE : end * merkle.SALT_SIZE],
+        )
+        root = merkle.SumTree.from_parts(hashes, amounts).root()
+        groups.append({"group": group, "root": root.hash.hex(), "total": root.sum, "count": end - start})
+        start = end
     top = _top_tree(groups).root()
     with transaction.atomic():
         tree = LiabilityTree.objects.create(
@@ -122,8 +124,20 @@ def build_liability_tree(leaves: Iterable[tuple[str, str, int]]) -> LiabilityTre
             leaf_count=len(rows),
             groups=groups,
         )
-        _insert_leaves(tree.pk, stored)
+        _insert_leaves(_leaf_rows(tree.pk, rows, groups, salts))
     return tree
+
+
+def _leaf_rows(
+    tree_id: int, rows: list[tuple[str, str, int]], groups: list[dict[str, Any]], salts: bytes
+) -> Iterator[tuple[int, int, int, str, int, str]]:
+    index = 0
+    for group_position, group in enumerate(groups):
+        for position in range(group["count"]):
+            _, reference, amount = rows[index]
+            salt = salts[index * merkle.SALT_SIZE : (index + 1) * merkle.SALT_SIZE]
+            yield tree_id, group_position, position, reference, amount, salt.hex()
+            index += 1
 
 
 def _top_tree(groups: list[dict[str, Any]]) -> merkle.SumTree:
@@ -132,7 +146,7 @@ def _top_tree(groups: list[dict[str, Any]]) -> merkle.SumTree:
     )
 
 
-def _insert_leaves(tree_id: int, rows: list[tuple[int, int, str, int, str]]) -> None:
+def _insert_leaves(rows: Iterator[tuple[int, int, int, str, int, str]]) -> None:
     """Set-based: COPY on PostgreSQL, chunked executemany elsewhere (a million ORM objects are too slow)."""
     columns = ", ".join(_LEAF_COLUMNS)
     table = LiabilityLeaf._meta.db_table
@@ -140,12 +154,12 @@ def _insert_leaves(tree_id: int, rows: list[tuple[int, int, str, int, str]]) -> 
         if connection.vendor == "postgresql":
             with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for row in rows:
-                    copy.write_row((tree_id, *row))
+                    copy.write_row(row)
             return
         placeholders = ", ".join(["%s"] * len(_LEAF_COLUMNS))
         sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
-        for start in range(0, len(rows), _INSERT_CHUNK):
-            cursor.executemany(sql, [(tree_id, *row) for row in rows[start : start + _INSERT_CHUNK]])
+        while chunk := list(islice(rows, _INSERT_CHUNK)):
+            cursor.executemany(sql, chunk)
 
 
 # --- the entry log ----------------------------------------------------------------------------------------
