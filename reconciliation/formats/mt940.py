@@ -183,7 +183,7 @@ def _fields(text: str) -> tuple[list[_Field], int]:
             ended = True
             continue
         last_line = number
-        match = _TAG.match(line.rstrip())
+        match = _TAG.match(line)
         if match:
             fields.append(_Field(match["tag"], number, [match["value"]]))
         elif fields:
