@@ -234,11 +234,12 @@ def _extend_log(seq: int, head_hash: str) -> merkle.CompactRange:
 def create_checkpoint_with_proofs(*, liabilities: Iterable[tuple[str, str, int]] | None = None) -> Checkpoint:
     """Seal, then sign a checkpoint of the chain head, the entry log's Merkle root and, when
     ``liabilities`` are given as ``(reference, group, amount_fen)``, their sum tree's root, total and
-    per-group totals."""
-    tree = build_liability_tree(liabilities) if liabilities is not None else None
-    # Seal the backlog first, in the sealer's own short transactions; the checkpoint seals only the rest.
+    per-group totals. All or nothing: a failure leaves no tree and no checkpoint behind."""
+    # Seal the backlog first, in the sealer's own short transactions: the sealer's lock is then held only
+    # for the few entries queued while the tree is built, from the checkpoint's seal to its commit.
     chain.seal()
     edge: list[merkle.CompactRange] = []
+    tree: LiabilityTree | None = None
 
     def at_head(seq: int, head_hash: str) -> dict[str, Any]:
         frontier = _extend_log(seq, head_hash)
@@ -256,6 +257,8 @@ def create_checkpoint_with_proofs(*, liabilities: Iterable[tuple[str, str, int]]
         return fields
 
     with transaction.atomic():
+        if liabilities is not None:
+            tree = build_liability_tree(liabilities)
         checkpoint = chain.create_checkpoint(extra_at_head=at_head)
         frontier = edge[-1]
         CheckpointProofs.objects.create(

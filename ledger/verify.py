@@ -14,6 +14,16 @@ in Chinese and English, and exits 0 when all pass, 1 with a loud explanation whe
 
 A checkpoint file is ``{payload, signature, key_id, public_key}``: ``payload`` is the exact JSON text that
 was signed. The ``public_key`` in a file is ignored; only the key given on the command line is trusted.
+
+What is checked, for anyone re-implementing it (hashes in ``ledger/merkle.py``):
+
+- signatures are Ed25519 over the payload's UTF-8 bytes; payloads are canonical JSON (sorted keys, no spaces);
+  a manifest's signature is over ``MANIFEST_CONTEXT`` followed by its payload;
+- ``log_root`` is the RFC 9162 root over the chain's link hashes (leaf = the link's 32 raw bytes), of
+  ``log_size`` = ``chain_seq`` leaves; a link hash is SHA-256(previous link hash || canonical entry JSON);
+- ``liabilities_root`` / ``liabilities_total`` is the sum-tree root over one leaf per group, groups in
+  Unicode code-point order of their names, each group leaf committing to that group's subtree root and total
+  (``group_totals``), which must add up to the total.
 """
 
 from __future__ import annotations

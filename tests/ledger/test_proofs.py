@@ -129,7 +129,13 @@ def test_a_stored_log_edge_that_differs_from_its_signature_stops_the_next_checkp
     CheckpointProofs.objects.filter(checkpoint=first).update(log_frontier=["ab" * 32, "cd" * 32])
     pays(1)
     with pytest.raises(proofs.ProofMismatch, match="no longer matches its signed root"):
-        proofs.create_checkpoint_with_proofs()
+        proofs.create_checkpoint_with_proofs(liabilities=SYNTHETIC)
+    # All or nothing: the liabilities tree built for it is gone with it.
+    assert (Checkpoint.objects.count(), LiabilityTree.objects.count(), LiabilityLeaf.objects.count()) == (
+        1,
+        0,
+        0,
+    )
 
 
 # --- entry inclusion ------------------------------------------------------------------------------------
