@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
-from moneyed import get_currency
+from moneyed import CurrencyDoesNotExist, get_currency
 
 from ledger.money import MAX_MINOR_UNITS, minor_units_per_unit
 from reconciliation.formats.errors import StatementError
@@ -166,7 +166,7 @@ def check_currency(code: str, *, line_number: int) -> str:
     try:
         currency = get_currency(code)
         per_unit = minor_units_per_unit(currency)
-    except Exception as exc:  # moneyed raises its own CurrencyDoesNotExist
+    except CurrencyDoesNotExist as exc:
         raise StatementError(line_number, f"未知币种「{code}」unknown currency", rule="currency") from exc
     if per_unit != FEN_PER_YUAN or not re.fullmatch(r"[A-Z]{3}", code):
         raise StatementError(
