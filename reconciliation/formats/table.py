@@ -192,7 +192,7 @@ _UNIT_SUFFIX = re.compile(r"[(（][^)）]{0,8}[)）]$")
 
 
 def normalize_header(text: str) -> str:
-    """ "借方发生额（元）" -> "借方发生额"; "* 交易日期 :" -> "交易日期"."""
+    """A header as compared: "借方发生额（元）" -> "借方发生额"; "* 交易日期 :" -> "交易日期"."""
     text = normalize_text(text).replace(" ", "").strip("*:：")
     return _UNIT_SUFFIX.sub("", text)
 
@@ -504,7 +504,7 @@ def _assemble(
     if "account" in stated:
         accounts.setdefault(stated["account"].value, stated["account"].line_number)
     if len(accounts) > 1:
-        (_, first), (other, line_number) = sorted(accounts.items(), key=lambda kv: kv[1])[:2]
+        _, (other, line_number) = sorted(accounts.items(), key=lambda kv: kv[1])[:2]
         raise StatementError(
             line_number, f"本方账号「{other}」与前文不一致 a second account number", rule="structure"
         )
@@ -525,15 +525,15 @@ def _assemble(
                 f"the footer counts {footer.count} lines, the table has {len(rows)}",
                 rule="totals",
             )
-        for label, stated_total, actual in (
-            ("借方", footer.debit_fen, sum(r.debit_fen for r in rows)),
-            ("贷方", footer.credit_fen, sum(r.credit_fen for r in rows)),
+        for label, side, stated_total, actual in (
+            ("借方", "debit", footer.debit_fen, sum(r.debit_fen for r in rows)),
+            ("贷方", "credit", footer.credit_fen, sum(r.credit_fen for r in rows)),
         ):
             if stated_total is not None and stated_total != actual:
                 raise StatementError(
                     footer.line_number,
                     f"{label}合计 {format_yuan(stated_total, grouping=True)} 与明细之和 "
-                    f"{format_yuan(actual, grouping=True)} 不符 the {label} total disagrees with the lines",
+                    f"{format_yuan(actual, grouping=True)} 不符 the {side} total disagrees with the lines",
                     rule="totals",
                     stated_fen=stated_total,
                     expected_fen=actual,
