@@ -191,7 +191,9 @@ def verify_checkpoint(
     document: Any, key: Ed25519PublicKey, report: Report, *, label: str = "检查点"
 ) -> dict[str, Any]:
     """Check a checkpoint file's signature and the consistency of what it signed; return the signed body."""
-    where = f"{label} checkpoint"
+    where = {"检查点": "checkpoint", "旧检查点": "old checkpoint", "新检查点": "new checkpoint"}.get(
+        label, label
+    )
     payload_text = _get(document, "payload", str, where=where)
     signature = _get(document, "signature", str, where=where)
     check_signature(key, payload_text.encode(), signature, what_zh=label, what="checkpoint")
@@ -256,17 +258,15 @@ def verify_checkpoint(
     return body
 
 
-def _log_of(body: dict[str, Any], label: str) -> tuple[int, bytes]:
+def _log_of(body: dict[str, Any], label: str, label_en: str) -> tuple[int, bytes]:
     if "log_root" not in body:
-        raise _fail(
-            f"{label}未签名分录日志树根，无法校验此证明", f"the {label} checkpoint signs no entry log root"
-        )
+        raise _fail(f"{label}未签名分录日志树根，无法校验此证明", f"the {label_en} signs no entry log root")
     return body["log_size"], bytes.fromhex(body["log_root"])
 
 
 def verify_entry_inclusion(proof: Any, checkpoint: Any, key: Ed25519PublicKey, report: Report) -> None:
     body = verify_checkpoint(checkpoint, key, report)
-    log_size, log_root = _log_of(body, "检查点")
+    log_size, log_root = _log_of(body, "检查点", "checkpoint")
     where = "inclusion proof"
     if _get(proof, "type", str, where=where) != "entry_inclusion":
         raise _fail("这不是分录包含证明", "this is not an entry inclusion proof")
@@ -322,8 +322,8 @@ def verify_entry_inclusion(proof: Any, checkpoint: Any, key: Ed25519PublicKey, r
 def verify_consistency_proof(proof: Any, old: Any, new: Any, key: Ed25519PublicKey, report: Report) -> None:
     old_body = verify_checkpoint(old, key, report, label="旧检查点")
     new_body = verify_checkpoint(new, key, report, label="新检查点")
-    old_size, old_root = _log_of(old_body, "旧")
-    new_size, new_root = _log_of(new_body, "新")
+    old_size, old_root = _log_of(old_body, "旧检查点", "old checkpoint")
+    new_size, new_root = _log_of(new_body, "新检查点", "new checkpoint")
     where = "consistency proof"
     if _get(proof, "type", str, where=where) != "consistency":
         raise _fail("这不是一致性证明", "this is not a consistency proof")

@@ -187,6 +187,12 @@ def test_inclusion_proofs_are_refused_when_there_is_nothing_to_prove_from(
     chain.seal()
     with pytest.raises(proofs.ProofUnavailable, match="sealed after checkpoint"):
         proofs.entry_inclusion_proof(late.pk, checkpoint)
+    # A regulator given a checkpoint that signs no log root is told so, not shown a pass.
+    proof = proofs.entry_inclusion_proof(early[0].pk, checkpoint)
+    with pytest.raises(verify.VerificationFailed, match="the checkpoint signs no entry log root"):
+        verify.verify_entry_inclusion(
+            proof, proofs.checkpoint_document(plain), platform_key(), verify.Report()
+        )
 
 
 # --- consistency ----------------------------------------------------------------------------------------

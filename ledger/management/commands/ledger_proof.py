@@ -107,6 +107,7 @@ class Command(BaseCommand):
             self.stderr.write(f"written 已导出 {out}")
         else:
             self.stdout.write(text, ending="")
+        verify_args = verify_args.replace("FILE", out or "FILE", 1)
         self.stderr.write(f"verify with 校验: python -m ledger.verify {verify_args} --public-key HEX")
 
 
