@@ -285,14 +285,23 @@ class CompactRange:
     hashes: list[bytes] = field(default_factory=list)
 
     def append(self, leaf_hash_value: bytes) -> None:
-        _check_hash(leaf_hash_value, "a leaf hash")
-        self.hashes.append(bytes(leaf_hash_value))
-        self.size += 1
-        merges = self.size
-        while not merges & 1:
-            right = self.hashes.pop()
-            self.hashes[-1] = node_hash(self.hashes[-1], right)
-            merges >>= 1
+        self.extend([leaf_hash_value])
+
+    def extend(self, leaf_hashes: list[bytes]) -> None:
+        """Append leaves in order: each merges the equal-sized subtrees it completes (one per trailing zero
+        bit of the new size)."""
+        hashes, size, sha256, prefix = self.hashes, self.size, hashlib.sha256, _NODE_PREFIX
+        for value in leaf_hashes:
+            if len(value) != HASH_SIZE:
+                raise ValueError(f"a leaf hash must be {HASH_SIZE} bytes")
+            hashes.append(bytes(value))
+            size += 1
+            merges = size
+            while not merges & 1:
+                right = hashes.pop()
+                hashes[-1] = sha256(prefix + hashes[-1] + right).digest()
+                merges >>= 1
+            self.size = size
 
     def root(self) -> bytes:
         if not self.hashes:

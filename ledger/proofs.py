@@ -222,10 +222,14 @@ def _extend_log(seq: int, head_hash: str) -> merkle.CompactRange:
                 f"{base.checkpoint_id} no longer matches its signed root; run verify_ledger",
                 checkpoint=base.checkpoint_id,
             )
-    last = b""
+    last, batch = b"", []
     for digest in _link_hashes(frontier.size + 1, seq):
-        frontier.append(merkle.leaf_hash(digest))
+        batch.append(merkle.leaf_hash(digest))
         last = digest
+        if len(batch) == _LINK_CHUNK:
+            frontier.extend(batch)
+            batch = []
+    frontier.extend(batch)
     if seq > (base.log_size if base else 0) and last.hex() != head_hash:
         raise ProofMismatch(f"chain link {seq} changed while signing", seq=seq)
     return frontier

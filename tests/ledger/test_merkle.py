@@ -181,6 +181,21 @@ def test_compact_range_gives_the_same_root_as_the_full_tree() -> None:
         assert len(frontier.hashes) == bin(size).count("1")
 
 
+@settings(max_examples=50, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=70), max_size=6))
+def test_compact_range_extended_in_any_chunks_matches_the_tree(cuts: list[int]) -> None:
+    hashes = [merkle.leaf_hash(i.to_bytes(2, "big")) for i in range(70)]
+    frontier = merkle.CompactRange()
+    start = 0
+    for cut in [*sorted(cuts), len(hashes)]:
+        frontier.extend(hashes[start:cut])
+        start = max(start, cut)
+        assert frontier.size == start
+        assert frontier.root() == merkle.MerkleTree(b"".join(hashes[:start])).root()
+    with pytest.raises(ValueError, match="32 bytes"):
+        frontier.extend([b"short"])
+
+
 # --- tampering: any flipped byte fails ---------------------------------------------------------------
 
 
