@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from django.db import connection
 
-from ledger import chain
+from ledger import chain, merkle
 from ledger.models import ChainLink, Checkpoint, Entry, UnsealedEntry
 
 Progress = Callable[[str, int, int], None]
@@ -206,6 +206,41 @@ def check_checkpoints(report: Report) -> None:
     report.counts["checkpoints"] = len(checkpoints)
 
 
+def check_log_roots(report: Report) -> None:
+    """Each checkpoint that signed a Merkle root of the entry log (``log_size``, ``log_root``) must still
+    match the chain: one streaming pass over the link hashes, comparing the root at every signed size."""
+    signed: dict[int, list[tuple[int, str]]] = {}
+    for cp_id, payload in Checkpoint.objects.order_by("id").values_list("id", "payload"):
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            continue  # reported by check_checkpoints
+        if "log_root" in body and "log_size" in body:
+            signed.setdefault(int(body["log_size"]), []).append((cp_id, str(body["log_root"])))
+    if not signed:
+        return
+    frontier = merkle.CompactRange()
+    for size, cp_list in sorted(signed.items()):
+        batch = [
+            merkle.leaf_hash(bytes.fromhex(h))
+            for h in ChainLink.objects.filter(seq__gt=frontier.size, seq__lte=size)
+            .order_by("seq")
+            .values_list("hash", flat=True)
+            .iterator(chunk_size=10_000)
+        ]
+        frontier.extend(batch)
+        root = frontier.root().hex() if frontier.size == size else None
+        for cp_id, log_root in cp_list:
+            if root != log_root:
+                report.findings.append(
+                    Finding(
+                        "checkpoint",
+                        f"checkpoint {cp_id}",
+                        f"entry-log Merkle root over {size} links differs from the signed root",
+                    )
+                )
+
+
 def verify(progress: Progress | None = None) -> Report:
     """Run every check. ``progress(stage, done, total)`` is called as the long ones advance."""
     report = Report()
@@ -217,6 +252,7 @@ def verify(progress: Progress | None = None) -> Report:
         ("pending", check_pending_transfers),
         ("chain", lambda r: check_chain(r, progress)),
         ("checkpoints", check_checkpoints),
+        ("log_roots", check_log_roots),
     ]
     for index, (name, run) in enumerate(stages, start=1):
         if progress:
