@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -696,15 +695,15 @@ class LedgerMachine(RuleBasedStateMachine):
         assert all(total == 0 for total in sums.values()), sums
         assert all(total == 0 for total in self.model.postings_sum().values())
         assert Entry.objects.count() == len(self.model.entries)
-        states = Counter(PendingTransfer.objects.values_list("state", flat=True))
-        assert states == Counter(h.state for h in self.model.holds.values())
-        for hold in self.model.holds.values():
-            if hold.transfer_id is None:
-                continue
-            row = PendingTransfer.objects.values_list("state", "posted_amount", "resolution_key").get(
-                pk=hold.transfer_id
+        holds = {
+            pk: row
+            for pk, *row in PendingTransfer.objects.values_list(
+                "pk", "state", "posted_amount", "resolution_key"
             )
-            assert row == (hold.state, hold.posted_amount, hold.resolution_key), hold.key
+        }
+        assert holds == {
+            h.transfer_id: [h.state, h.posted_amount, h.resolution_key] for h in self.model.holds.values()
+        }
 
     @invariant()
     def verification_is_clean(self) -> None:
