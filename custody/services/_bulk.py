@@ -107,6 +107,40 @@ def add_contract_hours(changes: Mapping[int, tuple[int, int, int]]) -> None:
             )
 
 
+def end_contracts(changes: Mapping[int, tuple[int, int, str]], *, now: datetime) -> int:
+    """Active contracts end, in one statement: each gets (pending-hours delta, paid-refunded-hours delta,
+    final state). Returns how many changed; a contract no longer active is left alone and not counted."""
+    from custody.services.contracts import CONTRACT_TRANSITIONS
+
+    rows = sorted((cid, p, r, str(state)) for cid, (p, r, state) in changes.items())
+    for *_, state in rows:
+        if state not in CONTRACT_TRANSITIONS["active"]:
+            raise RuntimeError(f"active → {state} is not a contract transition")
+    if not rows:
+        return 0
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute(
+                "UPDATE custody_contract c SET hours_pending = c.hours_pending + d.pending, "
+                "paid_hours_refunded = c.paid_hours_refunded + d.refunded, state = d.state, ended_at = %s "
+                "FROM unnest(%s::bigint[], %s::int[], %s::int[], %s::text[]) "
+                "AS d(id, pending, refunded, state) "
+                "WHERE c.id = d.id AND c.state = 'active'",
+                [now, *([r[i] for r in rows] for i in range(4))],
+            )
+            return cursor.rowcount
+        changed = 0
+        for cid, pending, refunded, state in rows:
+            cursor.execute(
+                "UPDATE custody_contract SET hours_pending = hours_pending + %s, "
+                "paid_hours_refunded = paid_hours_refunded + %s, state = %s, ended_at = %s "
+                "WHERE id = %s AND state = 'active'",
+                [pending, refunded, state, _adapt(now), cid],
+            )
+            changed += cursor.rowcount
+        return changed
+
+
 def update_states(
     table: str,
     ids: Sequence[int],

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 
 from custody.errors import IllegalTransition, RuleViolation
@@ -51,10 +51,10 @@ from custody.models import (
     SupervisionMode,
 )
 from custody.selectors.policy import current_policy
-from custody.selectors.refunds import refund_quotes
+from custody.selectors.refunds import RefundQuote, refund_quotes
 from custody.services import calendar
 from custody.services._bulk import (
-    add_contract_hours,
+    end_contracts,
     fetch_by_ids,
     lock_rows,
     reserve_ids,
@@ -63,8 +63,14 @@ from custody.services._bulk import (
 from custody.services.contracts import CONTRACT_TRANSITIONS
 from custody.services.institutions import transition_institution
 from custody.services.lessons import void_key
-from custody.services.refunds import instruct_refund_payouts
+from custody.services.refunds import (
+    RefundToPay,
+    choose_payable_refunds,
+    instruct_refund_payouts,
+    write_refund_payouts,
+)
 from ledger import clock
+from ledger.models import Account
 from ledger.money import from_minor
 from ledger.services import NewEntry, Resolution, credit, debit, post_batch, resolve_pending_batch
 
@@ -160,9 +166,10 @@ def run_closure(*, closure: Closure, batch_size: int = 500) -> Closure:
             refunds_start_at=current.refunds_start_at.isoformat(),
         )
     _start(current.pk, now=now)
-    while _refund_batch(current.pk, batch_size=batch_size, now=clock.now()):
-        pass
     institution = Institution.objects.get(pk=current.institution_id)
+    after: int | None = 0
+    while after is not None:
+        after = _refund_batch(current.pk, institution, batch_size=batch_size, after=after, now=clock.now())
     if institution.supervision_mode == SupervisionMode.RISK_RESERVE:
         from custody.services.reserve import pay_closure_refunds_from_reserve
 
@@ -205,21 +212,37 @@ def _start(closure_id: int, *, now: datetime) -> None:
         )
 
 
-def _refund_batch(closure_id: int, *, batch_size: int, now: datetime) -> int:
-    """One transaction: up to ``batch_size`` active contracts leave the active set with their refunds.
-    Returns how many contracts it took (0: nothing left that can be refunded now)."""
+def _refund_batch(
+    closure_id: int, institution: Institution, *, batch_size: int, after: int, now: datetime
+) -> int | None:
+    """One transaction: up to ``batch_size`` active contracts (ids above ``after``) leave the active set with
+    their refunds. Returns the last contract id it looked at, or None when none is left to take now."""
     with transaction.atomic():
         closure = Closure.objects.select_for_update().get(pk=closure_id)
         if closure.state != ClosureState.RUNNING:
-            return 0
-        candidates = list(
-            Contract.objects.filter(institution_id=closure.institution_id, state=ContractState.ACTIVE)
-            .exclude(refunds__state__in=(RefundState.APPROVED, RefundState.INSTRUCTED))
-            .order_by("pk")
-            .values_list("pk", flat=True)[:batch_size]
-        )
+            return None
+        # A contract whose own refund is approved but not yet paid waits (one open refund per contract).
+        # Those are few: they are read apart, which keeps the batch query a plain index range scan.
+        waiting = {
+            row[0]
+            for row in _rows(
+                "SELECT r.contract_id FROM custody_refund r JOIN custody_contract c ON c.id = r.contract_id "
+                "WHERE c.institution_id = %s AND c.state = 'active' AND r.reason = 'parent_claim' "
+                "AND r.state IN ('approved', 'instructed')",
+                [closure.institution_id],
+            )
+        }
+        candidates = [
+            pk
+            for (pk,) in _rows(
+                "SELECT c.id FROM custody_contract c WHERE c.institution_id = %s AND c.state = 'active' "
+                "AND c.id > %s ORDER BY c.id LIMIT %s",
+                [closure.institution_id, after, batch_size + len(waiting)],
+            )
+            if pk not in waiting
+        ][:batch_size]
         if not candidates:
-            return 0
+            return None
         lock_rows("custody_contract", candidates)
         ids = [
             row[0]
@@ -227,29 +250,49 @@ def _refund_batch(closure_id: int, *, batch_size: int, now: datetime) -> int:
                 "SELECT id FROM custody_contract WHERE id {ids} AND state = 'active' ORDER BY id", candidates
             )
         ]
-        if not ids:
-            return 0
         Refund.objects.filter(contract_id__in=ids, state=RefundState.CLAIMED).update(
             state=RefundState.REJECTED, answered_at=now, rejection_reason=SUPERSEDED
         )
-        voided = _void_unconfirmed_lessons(ids, now=now)
-        refunded_fen = _create_refunds(closure, ids, now=now)
+        voided_hours, voided = _void_unconfirmed_lessons(ids, now=now)
+        refunds = _create_refunds(closure, institution, ids, now=now)
+        changed = end_contracts(
+            {
+                cid: (
+                    -voided_hours.get(cid, 0),
+                    refunds[cid].paid_hours if cid in refunds else 0,
+                    # Nothing left to give back (every paid hour was consumed): the contract is done.
+                    ContractState.REFUNDED if cid in refunds else ContractState.COMPLETED,
+                )
+                for cid in ids
+            },
+            now=now,
+        )
+        if changed != len(ids):
+            raise RuntimeError("a locked contract changed state during the closure")
         Closure.objects.filter(pk=closure.pk).update(
             contracts_done=F("contracts_done") + len(ids),
             lessons_voided=F("lessons_voided") + voided,
-            refunded_fen=F("refunded_fen") + refunded_fen,
+            refunded_fen=F("refunded_fen") + sum(q.amount_fen for q in refunds.values()),
         )
-        return len(ids)
+        return candidates[-1]
 
 
-def _void_unconfirmed_lessons(contract_ids: Sequence[int], *, now: datetime) -> int:
+def _rows(sql: str, params: list[int]) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+
+
+def _void_unconfirmed_lessons(contract_ids: Sequence[int], *, now: datetime) -> tuple[dict[int, int], int]:
+    """Void every pending or disputed lesson of the contracts; returns the hours voided per contract and how
+    many lessons."""
     lessons = fetch_by_ids(
         "SELECT id, contract_id, hours, pending_transfer_id FROM custody_lesson "
         "WHERE contract_id {ids} AND state IN ('pending', 'disputed') ORDER BY id",
         contract_ids,
     )
     if not lessons:
-        return 0
+        return {}, 0
     resolve_pending_batch(
         resolutions=[
             Resolution(transfer_id, "void", void_key(pk)) for pk, _, _, transfer_id in lessons if transfer_id
@@ -267,60 +310,84 @@ def _void_unconfirmed_lessons(contract_ids: Sequence[int], *, now: datetime) -> 
     hours: dict[int, int] = defaultdict(int)
     for _, contract_id, lesson_hours, _ in lessons:
         hours[contract_id] += lesson_hours
-    add_contract_hours({cid: (-h, 0, 0) for cid, h in hours.items()})
-    return len(lessons)
+    return hours, len(lessons)
 
 
-def _create_refunds(closure: Closure, contract_ids: Sequence[int], *, now: datetime) -> int:
+def _create_refunds(
+    closure: Closure, institution: Institution, contract_ids: Sequence[int], *, now: datetime
+) -> dict[int, RefundQuote]:
+    """One approved closure refund for each contract with value left (after its lessons were voided), with
+    its payout instruction when the custody account covers it."""
     quotes = refund_quotes(contract_ids, today=calendar.local_date(now))
     with_value = [quotes[cid] for cid in contract_ids if quotes[cid].amount_fen > 0]
-    without_value = [cid for cid in contract_ids if quotes[cid].amount_fen <= 0]
-    if with_value:
-        policies = dict(
-            Contract.objects.filter(pk__in=[q.contract_id for q in with_value]).values_list("pk", "policy_id")
-        )
-        deadlines = _payout_deadlines(set(policies.values()), now=now)
-        refund_ids = reserve_ids(Refund, len(with_value))
-        result = post_batch(
-            entries=[
-                NewEntry(
-                    idempotency_key=refund_key(closure.pk, q.contract_id),
-                    kind="refund",
-                    legs=[
-                        debit(f"prepaid:c{q.contract_id}", from_minor(q.amount_fen, "CNY")),
-                        credit(f"refund_payable:c{q.contract_id}", from_minor(q.amount_fen, "CNY")),
-                    ],
-                    metadata={"refund": refund_id, "contract": q.contract_id, "closure": closure.pk},
+    if not with_value:
+        return {}
+    facts = {
+        pk: (policy_id, payer, prepaid_id, refund_id)
+        for pk, policy_id, payer, prepaid_id, refund_id in Contract.objects.filter(
+            pk__in=[q.contract_id for q in with_value]
+        ).values_list("pk", "policy_id", "payer_account", "prepaid_account_id", "refund_account_id")
+    }
+    # The ledger calls below take account objects, so the accounts are read once, by primary key.
+    accounts = Account.objects.in_bulk([a for f in facts.values() for a in f[2:]])
+    deadlines = _payout_deadlines({f[0] for f in facts.values()}, now=now)
+    refund_ids = reserve_ids(Refund, len(with_value))
+    result = post_batch(
+        entries=[
+            NewEntry(
+                idempotency_key=refund_key(closure.pk, q.contract_id),
+                kind="refund",
+                legs=[
+                    debit(accounts[facts[q.contract_id][2]], from_minor(q.amount_fen, "CNY")),
+                    credit(accounts[facts[q.contract_id][3]], from_minor(q.amount_fen, "CNY")),
+                ],
+                metadata={"refund": refund_id, "contract": q.contract_id, "closure": closure.pk},
+            )
+            for refund_id, q in zip(refund_ids, with_value, strict=True)
+        ]
+    )
+    # In custody mode the payouts are instructed in the same transaction, so the refunds are written in their
+    # final state (approved, then instructed at once); risk-reserve refunds are paid from the reserve later.
+    chosen: list[RefundToPay] = []
+    sources: dict[int, Account] = {}
+    if institution.supervision_mode == SupervisionMode.CUSTODY:
+        chosen, sources = choose_payable_refunds(
+            [
+                RefundToPay(
+                    refund_id,
+                    q.contract_id,
+                    institution.pk,
+                    q.amount_fen,
+                    facts[q.contract_id][1],
+                    refund_account=accounts[facts[q.contract_id][3]],
                 )
                 for refund_id, q in zip(refund_ids, with_value, strict=True)
             ]
         )
-        Refund.objects.bulk_create(
-            [
-                Refund(
-                    id=refund_id,
-                    contract_id=q.contract_id,
-                    reason=RefundReason.CLOSURE,
-                    state=RefundState.APPROVED,
-                    idempotency_key=refund_key(closure.pk, q.contract_id),
-                    claimed_at=now,
-                    claim_note=closure.reason[:500],
-                    answered_at=now,
-                    approved_by="closure",
-                    paid_hours=q.paid_hours,
-                    amount_fen=q.amount_fen,
-                    entry=entry,
-                    payout_due=deadlines[(policies[q.contract_id], q.before_start)],
-                )
-                for refund_id, q, entry in zip(refund_ids, with_value, result.entries, strict=True)
-            ],
-            batch_size=2000,
-        )
-        add_contract_hours({q.contract_id: (0, 0, q.paid_hours) for q in with_value})
-    _transition_all([q.contract_id for q in with_value], ContractState.REFUNDED, now=now)
-    # Nothing left to give back (every paid hour was consumed): the contract is done.
-    _transition_all(without_value, ContractState.COMPLETED, now=now)
-    return sum(q.amount_fen for q in with_value)
+    instructed = {row.refund_id for row in chosen}
+    Refund.objects.bulk_create(
+        [
+            Refund(
+                id=refund_id,
+                contract_id=q.contract_id,
+                reason=RefundReason.CLOSURE,
+                state=RefundState.INSTRUCTED if refund_id in instructed else RefundState.APPROVED,
+                idempotency_key=refund_key(closure.pk, q.contract_id),
+                claimed_at=now,
+                claim_note=closure.reason[:500],
+                answered_at=now,
+                approved_by="closure",
+                paid_hours=q.paid_hours,
+                amount_fen=q.amount_fen,
+                entry=entry,
+                payout_due=deadlines[(facts[q.contract_id][0], q.before_start)],
+            )
+            for refund_id, q, entry in zip(refund_ids, with_value, result.entries, strict=True)
+        ],
+        batch_size=2000,
+    )
+    write_refund_payouts(chosen, sources, now=now)
+    return {q.contract_id: q for q in with_value}
 
 
 def _payout_deadlines(policy_ids: set[int], *, now: datetime) -> dict[tuple[int, bool], date]:
@@ -335,20 +402,6 @@ def _payout_deadlines(policy_ids: set[int], *, now: datetime) -> dict[tuple[int,
                 by_days[days] = calendar.local_date(calendar.add_working_days(now, days))
             deadlines[(policy.pk, before_start)] = by_days[days]
     return deadlines
-
-
-def _transition_all(contract_ids: Sequence[int], target: ContractState, *, now: datetime) -> None:
-    if target not in CONTRACT_TRANSITIONS[ContractState.ACTIVE]:
-        raise RuntimeError(f"active → {target} is not a contract transition")
-    changed = update_states(
-        "custody_contract",
-        contract_ids,
-        from_states=[ContractState.ACTIVE],
-        to_state=target,
-        extra={"ended_at": now},
-    )
-    if changed != len(contract_ids):
-        raise RuntimeError("a locked contract changed state during the closure")
 
 
 def _finish(closure_id: int) -> None:

@@ -24,7 +24,8 @@ The refund state machine::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
@@ -262,69 +263,36 @@ def instruct_refund_payouts(
         after = batch[-1][0]
 
 
+@dataclass(frozen=True)
+class RefundToPay:
+    """What an instruction needs to know of an approved refund (read under its contract's lock)."""
+
+    refund_id: int
+    contract_id: int
+    institution_id: int
+    amount_fen: int
+    payer_account: str
+    refund_account: Account | None = None  # refund_payable:c, when the caller has it at hand
+
+
 def _instruct_batch(batch: list[tuple[int, int]]) -> list[PayoutInstruction]:
     now = clock.now()
     with transaction.atomic():
         lock_rows("custody_contract", {contract_id for _, contract_id in batch})
-        refunds = list(
-            Refund.objects.select_for_update(of=("self",))
+        rows = [
+            RefundToPay(*row)
+            for row in Refund.objects.select_for_update(of=("self",))
             .filter(pk__in=[pk for pk, _ in batch], state=RefundState.APPROVED)
-            .select_related("contract__institution__cash_account", "contract__refund_account")
             .order_by("pk")
-        )
-        sources: dict[int, Account] = {}
-        for refund in refunds:
-            if refund.contract.institution_id not in sources:
-                sources[refund.contract.institution_id] = _payout_source(refund)
-        available = {
-            pk: dr - cr - cp
-            for pk, dr, cr, cp in Account.objects.select_for_update(no_key=True)
-            .filter(pk__in={a.pk for a in sources.values()})
-            .order_by("pk")
-            .values_list("pk", "debits_posted", "credits_posted", "credits_pending")
-        }
-        chosen: list[Refund] = []
-        for refund in refunds:
-            source = sources[refund.contract.institution_id]
-            if not refund.contract.payer_account or available[source.pk] < refund.amount_fen:
-                continue
-            available[source.pk] -= refund.amount_fen
-            chosen.append(refund)
-        if not chosen:
-            return []
-        ids = reserve_ids(PayoutInstruction, len(chosen))
-        holds = create_pending_batch(
-            transfers=[
-                NewPending(
-                    idempotency_key=hold_key(payout_id),
-                    kind="payout_refund",
-                    debit_account=_required(refund.contract.refund_account),
-                    credit_account=sources[refund.contract.institution_id],
-                    amount=from_minor(refund.amount_fen, "CNY"),
-                    metadata={"payout": payout_id, "refund": refund.pk, "contract": refund.contract_id},
-                )
-                for payout_id, refund in zip(ids, chosen, strict=True)
-            ]
-        )
-        payouts = [
-            PayoutInstruction(
-                id=payout_id,
-                institution_id=refund.contract.institution_id,
-                kind=PayoutKind.REFUND,
-                reference=reference_for(PayoutKind.REFUND, payout_id, now),
-                amount_fen=refund.amount_fen,
-                destination_account=refund.contract.payer_account,
-                refund=refund,
-                pending_transfer=hold,
-                state=PayoutState.INSTRUCTED,
-                instructed_at=now,
+            .values_list(
+                "pk", "contract_id", "contract__institution_id", "amount_fen", "contract__payer_account"
             )
-            for payout_id, refund, hold in zip(ids, chosen, holds, strict=True)
         ]
-        PayoutInstruction.objects.bulk_create(payouts, batch_size=2000)
+        chosen, sources = choose_payable_refunds(rows)
+        payouts = write_refund_payouts(chosen, sources, now=now)
         changed = update_states(
             "custody_refund",
-            [r.pk for r in chosen],
+            [r.refund_id for r in chosen],
             from_states=[RefundState.APPROVED],
             to_state=RefundState.INSTRUCTED,
         )
@@ -333,10 +301,75 @@ def _instruct_batch(batch: list[tuple[int, int]]) -> list[PayoutInstruction]:
         return payouts
 
 
-def _payout_source(refund: Refund) -> Account:
+def choose_payable_refunds(rows: Sequence[RefundToPay]) -> tuple[list[RefundToPay], dict[int, Account]]:
+    """The refunds (in the order given) that their institutions' payout accounts can cover now, and those
+    accounts by institution. The accounts are locked (id order) before their balances are read, so two
+    instructions cannot both count on the same money. Refunds without a known payer account are left out."""
+    institutions = Institution.objects.filter(pk__in={r.institution_id for r in rows}).select_related(
+        "cash_account"
+    )
+    sources = {institution.pk: payout_source(institution) for institution in institutions}
+    available = {
+        pk: dr - cr - cp
+        for pk, dr, cr, cp in Account.objects.select_for_update(no_key=True)
+        .filter(pk__in={a.pk for a in sources.values()})
+        .order_by("pk")
+        .values_list("pk", "debits_posted", "credits_posted", "credits_pending")
+    }
+    chosen: list[RefundToPay] = []
+    for row in rows:
+        source = sources[row.institution_id]
+        if row.amount_fen <= 0 or not row.payer_account or available[source.pk] < row.amount_fen:
+            continue
+        available[source.pk] -= row.amount_fen
+        chosen.append(row)
+    return chosen, sources
+
+
+def write_refund_payouts(
+    chosen: Sequence[RefundToPay], sources: Mapping[int, Account], *, now: datetime
+) -> list[PayoutInstruction]:
+    """One instruction per refund, to the account that paid (原路返回), each backed by a hold
+    Dr ``refund_payable:c`` / Cr the payout account; all holds in one ledger call. The caller moves the
+    refunds to instructed."""
+    if not chosen:
+        return []
+    ids = reserve_ids(PayoutInstruction, len(chosen))
+    holds = create_pending_batch(
+        transfers=[
+            NewPending(
+                idempotency_key=hold_key(payout_id),
+                kind="payout_refund",
+                debit_account=row.refund_account or f"refund_payable:c{row.contract_id}",
+                credit_account=sources[row.institution_id],
+                amount=from_minor(row.amount_fen, "CNY"),
+                metadata={"payout": payout_id, "refund": row.refund_id, "contract": row.contract_id},
+            )
+            for payout_id, row in zip(ids, chosen, strict=True)
+        ]
+    )
+    payouts = [
+        PayoutInstruction(
+            id=payout_id,
+            institution_id=row.institution_id,
+            kind=PayoutKind.REFUND,
+            reference=reference_for(PayoutKind.REFUND, payout_id, now),
+            amount_fen=row.amount_fen,
+            destination_account=row.payer_account,
+            refund_id=row.refund_id,
+            pending_transfer=hold,
+            state=PayoutState.INSTRUCTED,
+            instructed_at=now,
+        )
+        for payout_id, row, hold in zip(ids, chosen, holds, strict=True)
+    ]
+    PayoutInstruction.objects.bulk_create(payouts, batch_size=2000)
+    return payouts
+
+
+def payout_source(institution: Institution) -> Account:
     """The account a refund is paid from: the custody account, or in risk-reserve mode the institution's own
     account (the institution pays its parents back itself while it operates)."""
-    institution = refund.contract.institution
     if institution.supervision_mode == SupervisionMode.RISK_RESERVE:
         from custody.services.reserve import held_account
 
