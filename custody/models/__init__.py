@@ -1,6 +1,9 @@
 """The custody domain's tables, one module per area."""
 
+from custody.models.api import ApiToken, BankStatementUpload, IdempotencyRecord
+from custody.models.audit import AuditEvent, AuditOutcome
 from custody.models.contracts import Contract, ContractState
+from custody.models.corrections import CorrectionProposal, CorrectionState
 from custody.models.flows import (
     CallbackLog,
     CallbackOutcome,
@@ -36,8 +39,14 @@ from custody.models.policy import (
     WorkdayOverride,
 )
 from custody.models.reserve import ReserveCheck
+from custody.models.roles import BankOperator, InstitutionStaff, RegulatorProfile, StaffRole
 
 __all__ = [
+    "ApiToken",
+    "AuditEvent",
+    "AuditOutcome",
+    "BankOperator",
+    "BankStatementUpload",
     "CallbackLog",
     "CallbackOutcome",
     "ClassSizeBand",
@@ -47,10 +56,14 @@ __all__ = [
     "ConfirmedBy",
     "Contract",
     "ContractState",
+    "CorrectionProposal",
+    "CorrectionState",
     "Course",
     "Guardian",
     "GuidancePrice",
+    "IdempotencyRecord",
     "Institution",
+    "InstitutionStaff",
     "InstitutionState",
     "Jurisdiction",
     "Lesson",
@@ -63,8 +76,10 @@ __all__ = [
     "Refund",
     "RefundReason",
     "RefundState",
+    "RegulatorProfile",
     "ReleaseCadence",
     "ReserveCheck",
+    "StaffRole",
     "Student",
     "SupervisionMode",
     "TeachingMode",
