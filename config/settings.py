@@ -177,18 +177,120 @@ STORAGES = {
     },
 }
 
-# --- REST API -----------------------------------------------------------------------------------------------
+# --- REST API, authentication and security (custody/api/, docs/api.md) -------------------------------------
+# Everything the API needs, in one block: DRF and its schema, tokens and two factors (django-otp), login
+# lockout (django-axes), throttles, the audit middleware, the cache the throttles count in, and the security
+# headers and cookies of production (`manage.py check --deploy` is clean with DJANGO_DEBUG=false).
+
+INSTALLED_APPS += ["django_otp", "django_otp.plugins.otp_totp", "axes"]
+# django-otp marks the session's user verified after a TOTP check; the audit middleware records what no view
+# recorded; django-axes turns a locked-out login into its response (it must come last).
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "django_otp.middleware.OTPMiddleware",
+)
+MIDDLEWARE += ["custody.api.audit.AuditMiddleware", "axes.middleware.AxesMiddleware"]
+AUTHENTICATION_BACKENDS = [
+    "custody.api.authentication.LockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "custody.api.schema.CustodyAutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "custody.api.authentication.BearerTokenAuthentication",
+        "custody.api.authentication.TwoFactorSessionAuthentication",
+    ],
+    # Closed by default: every view names who may call it (custody/api/permissions.py).
+    "DEFAULT_PERMISSION_CLASSES": ["custody.api.defaults.DenyAll"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "custody.api.defaults.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "custody.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+        "custody.api.throttling.PerAddressThrottle",
+        "rest_framework.throttling.ScopedRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env.str("API_THROTTLE_USER", default="1200/min"),
+        "anon": env.str("API_THROTTLE_ANON", default="120/min"),
+        "ip": env.str("API_THROTTLE_IP", default="6000/min"),
+        "login": env.str("API_THROTTLE_LOGIN", default="10/min"),
+        "callbacks": env.str("API_THROTTLE_CALLBACKS", default="1200/min"),
+    },
+    "COERCE_DECIMAL_TO_STRING": True,
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "custody-ledger API",
-    "DESCRIPTION": "校外培训预收费资金监管: supervision of prepaid tuition on a double-entry ledger.",
+    "DESCRIPTION": (
+        "校外培训预收费资金监管: supervision of prepaid tuition on a double-entry ledger. Money is "
+        '`{"amount": "1234.50", "currency": "CNY"}`; every error is `{"error": {"code", "message", "field", '
+        '"details"}}`; every state-changing POST needs an `Idempotency-Key` header. See docs/api.md.'
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
+    "ENUM_NAME_OVERRIDES": {
+        "TeachingModeEnum": "custody.models.policy.TeachingMode",
+        "ClosureModeEnum": "custody.models.flows.ClosureMode",
+    },
 }
+
+# Tokens (custody/services/access.py): ordinary users' for 30 days, two-factor users' for 12 hours.
+API_TOKEN_TTL_HOURS: int = env.int("API_TOKEN_TTL_HOURS", default=24 * 30)
+API_PRIVILEGED_TOKEN_TTL_HOURS: int = env.int("API_PRIVILEGED_TOKEN_TTL_HOURS", default=12)
+
+# django-otp: TOTP devices for regulators, bank operators and administrators (added in the admin site).
+OTP_TOTP_ISSUER = "custody-ledger"
+
+# django-axes: 5 failed sign-ins (wrong password or TOTP code) for one username, or from one address, lock
+# that username or address for 30 minutes.
+AXES_FAILURE_LIMIT: int = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.5)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_SENSITIVE_PARAMETERS = ["password", "otp_token"]
+AXES_CLIENT_STR_CALLABLE = "custody.api.authentication.axes_client_str"
+AXES_HTTP_RESPONSE_CODE = 429
+
+# The cache the throttles count in: shared Redis when CACHE_URL is set (several server processes), else
+# per process.
+_cache_url = env.str("CACHE_URL", default="")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
+        if _cache_url.startswith(("redis://", "rediss://"))
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+if not DEBUG:
+    # Production sits behind a TLS-terminating proxy that sets X-Forwarded-Proto; cookies travel only over
+    # HTTPS and browsers are told to use nothing else for a year.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT: bool = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS: int = env.int("DJANGO_SECURE_HSTS_SECONDS", default=365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
 
 # --- Celery -------------------------------------------------------------------------------------------------
 
