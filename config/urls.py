@@ -3,7 +3,10 @@
 from django.contrib import admin
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
-from django.urls import path
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from custody.api.urls import not_found as api_not_found
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -20,4 +23,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    # The REST API (custody/api/, docs/api.md), its OpenAPI 3 schema and interactive docs.
+    path("api/v1/", include("custody.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    re_path(r"^api/", api_not_found),
 ]
