@@ -594,7 +594,7 @@ def _explain_pending_limit(
 
 @dataclass(frozen=True)
 class Resolution:
-    """Post (all, or ``amount`` of it) or void one pending transfer."""
+    """Post (all, or ``amount`` of it), void or expire one pending transfer. Expiries carry no key ("")."""
 
     transfer_id: int
     action: Literal["post", "void", "expire"]
@@ -634,7 +634,7 @@ def expire_pending(*, now: datetime | None = None, limit: int = 10_000) -> int:
     if not due:
         return 0
     result = resolve_pending_batch(
-        resolutions=[Resolution(pk, "expire", f"{key}:expire") for pk, key in due], skip_resolved=True
+        resolutions=[Resolution(pk, "expire", "") for pk, _ in due], skip_resolved=True
     )
     return result
 
@@ -705,7 +705,9 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
             to_apply.append((p, r, posted))
         if not to_apply:
             return 0
-        keys = [r.idempotency_key for _, r, _ in to_apply]
+        # Expiry is the ledger's own job, not a client request: it carries no key (stored NULL), so no
+        # caller-chosen key can collide with it.
+        keys = [r.idempotency_key for _, r, _ in to_apply if r.action != "expire"]
         reused = (
             PendingTransfer.objects.filter(resolution_key__in=keys)
             .exclude(pk__in=[p.pk for p, _, _ in to_apply])
@@ -728,7 +730,7 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
                     p.pk,
                     {"post": "posted", "void": "voided", "expire": "expired"}[r.action],
                     posted,
-                    r.idempotency_key,
+                    r.idempotency_key or None,
                     now,
                 )
                 for p, r, posted in to_apply
@@ -783,7 +785,7 @@ def _add_to_pending_totals(debits: Mapping[int, int], credits: Mapping[int, int]
             )
 
 
-def _mark_resolved(rows: Sequence[tuple[int, str, int | None, str, datetime]]) -> None:
+def _mark_resolved(rows: Sequence[tuple[int, str, int | None, str | None, datetime]]) -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(

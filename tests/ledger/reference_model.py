@@ -413,7 +413,7 @@ class ReferenceLedger:
         for hold in due:
             self.accounts[hold.debit].debits_pending -= hold.amount
             self.accounts[hold.credit].credits_pending -= hold.amount
-            hold.state, hold.resolution_key = "expired", f"{hold.key}:expire"
+            hold.state, hold.resolution_key = "expired", None
         return [h.key for h in due]
 
     # --- reversals ------------------------------------------------------------------------------------

@@ -732,14 +732,6 @@ def test_ledger_matches_reference_model() -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    raises=IdempotencyConflict,
-    reason="bug: expire_pending derives each expiry's key as f'{hold key}:expire' and resolve_pending_batch "
-    "(ledger/services.py, the 'reused' check in resolve_pending_batch) raises IdempotencyConflict for the "
-    "whole batch when any such key already resolved another hold, so one caller-chosen void/post key stops "
-    "every hold from expiring, on every run of the job",
-)
 def test_a_resolution_key_shaped_like_an_expiry_key_does_not_stop_expiry() -> None:
     """Found while modelling expiry: the expiry job must not be blocked by another hold's resolution key."""
     services.open_account(code="clearing", type="asset")

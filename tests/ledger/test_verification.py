@@ -210,6 +210,7 @@ def test_verify_reports_progress_by_stage(busy_ledger: Chart) -> None:
         "pending",
         "chain",
         "checkpoints",
+        "log_roots",
     ]
     assert ("chain", Entry.objects.count(), Entry.objects.count()) in calls
 
