@@ -155,33 +155,50 @@ def update_states(
     The ``state IN from_states`` guard makes the transition explicit in SQL: a row in any other state is left
     alone and not counted, and callers compare the count with what they expected. Returns the rows changed.
     """
+    return len(
+        transition_rows(table, ids, from_states=from_states, to_state=to_state, extra=extra, where=where)
+    )
+
+
+def transition_rows(
+    table: str,
+    ids: Sequence[int],
+    *,
+    from_states: Sequence[str],
+    to_state: str,
+    extra: Mapping[str, Any] | None = None,
+    where: str = "",
+    returning: str = "id",
+) -> list[tuple]:
+    """Like ``update_states``, and returns the ``returning`` columns of the rows it changed (one statement:
+    the rows are read as they are moved, so nothing can change in between)."""
     if not ids:
-        return 0
+        return []
     assignments = ["state = %s"]
     values: list[Any] = [str(to_state)]
-    from_states = [str(state) for state in from_states]
+    states = [str(state) for state in from_states]
     for column, value in (extra or {}).items():
         assignments.append(f"{column} = %s")
         values.append(_adapt(str(value) if isinstance(value, str) else value))
-    changed = 0
     condition = f" AND ({where})" if where else ""
+    rows: list[tuple] = []
     with connection.cursor() as cursor:
         if is_postgres():
             cursor.execute(
                 f"UPDATE {table} SET {', '.join(assignments)} WHERE id = ANY(%s) "
-                f"AND state = ANY(%s){condition}",
-                [*values, list(ids), list(from_states)],
+                f"AND state = ANY(%s){condition} RETURNING {returning}",
+                [*values, list(ids), states],
             )
-            return cursor.rowcount
+            return list(cursor.fetchall())
         for chunk in chunked(list(ids)):
             cursor.execute(
                 f"UPDATE {table} SET {', '.join(assignments)} "
                 f"WHERE id IN ({','.join(['%s'] * len(chunk))}) "
-                f"AND state IN ({','.join(['%s'] * len(from_states))}){condition}",
-                [*values, *chunk, *from_states],
+                f"AND state IN ({','.join(['%s'] * len(states))}){condition} RETURNING {returning}",
+                [*values, *chunk, *states],
             )
-            changed += cursor.rowcount
-    return changed
+            rows.extend(cursor.fetchall())
+    return rows
 
 
 def _adapt(value: Any) -> Any:

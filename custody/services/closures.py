@@ -58,6 +58,7 @@ from custody.services._bulk import (
     fetch_by_ids,
     lock_rows,
     reserve_ids,
+    transition_rows,
     update_states,
 )
 from custody.services.contracts import CONTRACT_TRANSITIONS
@@ -286,27 +287,30 @@ def _rows(sql: str, params: list[int]) -> list[tuple]:
 def _void_unconfirmed_lessons(contract_ids: Sequence[int], *, now: datetime) -> tuple[dict[int, int], int]:
     """Void every pending or disputed lesson of the contracts; returns the hours voided per contract and how
     many lessons."""
-    lessons = fetch_by_ids(
-        "SELECT id, contract_id, hours, pending_transfer_id FROM custody_lesson "
-        "WHERE contract_id {ids} AND state IN ('pending', 'disputed') ORDER BY id",
+    candidates = fetch_by_ids(
+        "SELECT id FROM custody_lesson WHERE contract_id {ids} AND state IN ('pending', 'disputed') "
+        "ORDER BY id",
         contract_ids,
     )
+    lessons = transition_rows(
+        "custody_lesson",
+        [row[0] for row in candidates],
+        from_states=[LessonState.PENDING, LessonState.DISPUTED],
+        to_state=LessonState.VOIDED,
+        extra={"resolved_at": now, "resolution_note": VOIDED_BY_CLOSURE},
+        returning="id, contract_id, hours, pending_transfer_id",
+    )
+    if len(lessons) != len(candidates):
+        raise RuntimeError("a lesson of a locked contract changed state during the closure")
     if not lessons:
         return {}, 0
     resolve_pending_batch(
         resolutions=[
-            Resolution(transfer_id, "void", void_key(pk)) for pk, _, _, transfer_id in lessons if transfer_id
+            Resolution(transfer_id, "void", void_key(pk))
+            for pk, _, _, transfer_id in sorted(lessons)
+            if transfer_id
         ]
     )
-    changed = update_states(
-        "custody_lesson",
-        [row[0] for row in lessons],
-        from_states=[LessonState.PENDING, LessonState.DISPUTED],
-        to_state=LessonState.VOIDED,
-        extra={"resolved_at": now, "resolution_note": VOIDED_BY_CLOSURE},
-    )
-    if changed != len(lessons):
-        raise RuntimeError("a lesson of a locked contract changed state during the closure")
     hours: dict[int, int] = defaultdict(int)
     for _, contract_id, lesson_hours, _ in lessons:
         hours[contract_id] += lesson_hours

@@ -45,12 +45,14 @@ from custody.models import (
 from custody.selectors.lessons import paid_hours_taken
 from custody.services import calendar
 from custody.services._bulk import (
+    SQLITE_CHUNK,
     add_contract_hours,
-    fetch_by_ids,
+    chunked,
     finish_contracts,
+    is_postgres,
     lock_rows,
     reserve_ids,
-    update_states,
+    transition_rows,
 )
 from ledger import clock
 from ledger.models import Account
@@ -276,17 +278,20 @@ def _account(account: Account | None) -> Account:
 
 def _tallies(contract_ids: Sequence[int], *, now: datetime) -> dict[int, _ContractTally]:
     """The locked contracts with what they have left, after checking that each may take lessons."""
-    contracts = {
-        c.pk: c
-        for c in Contract.objects.filter(pk__in=contract_ids).select_related(
-            "policy", "prepaid_account", "institution__payable_account", "institution__closure"
+    contracts: dict[int, Contract] = {}
+    stopped: set[int] = set()
+    for chunk in chunked(contract_ids, 10_000 if is_postgres() else SQLITE_CHUNK):
+        contracts.update(
+            (c.pk, c)
+            for c in Contract.objects.filter(pk__in=chunk).select_related(
+                "policy", "prepaid_account", "institution__payable_account", "institution__closure"
+            )
         )
-    }
-    stopped = set(
-        Refund.objects.filter(contract_id__in=contract_ids, state__in=_REFUND_STOPS_LESSONS).values_list(
-            "contract_id", flat=True
+        stopped.update(
+            Refund.objects.filter(contract_id__in=chunk, state__in=_REFUND_STOPS_LESSONS).values_list(
+                "contract_id", flat=True
+            )
         )
-    )
     taken = paid_hours_taken(contract_ids)
     tallies: dict[int, _ContractTally] = {}
     for contract_id in contract_ids:
@@ -468,32 +473,26 @@ def _auto_confirm_batch(moment: datetime, limit: int) -> tuple[int, int]:
         if not due:
             return 0, 0
         lock_rows("custody_contract", {contract_id for _, contract_id in due})
-        # Under the contracts' locks nobody else changes these lessons; re-read the ones still pending.
-        rows = fetch_by_ids(
-            "SELECT id, contract_id, hours, pending_transfer_id FROM custody_lesson "
-            "WHERE id {ids} AND state = 'pending'",
+        # Under the contracts' locks nobody else changes these lessons: confirm the ones still pending,
+        # reading them as they change, then post their holds.
+        rows = transition_rows(
+            "custody_lesson",
             [pk for pk, _ in due],
+            from_states=[LessonState.PENDING],
+            to_state=LessonState.CONFIRMED,
+            extra={"confirmed_at": moment, "confirmed_by": ConfirmedBy.SILENCE.value},
+            returning="id, contract_id, hours, pending_transfer_id",
         )
         resolve_pending_batch(
             resolutions=[
                 Resolution(transfer_id, "post", release_key(pk))
-                for pk, _, _, transfer_id in rows
+                for pk, _, _, transfer_id in sorted(rows)
                 if transfer_id is not None
             ]
         )
-        ids = [row[0] for row in rows]
-        changed = update_states(
-            "custody_lesson",
-            ids,
-            from_states=[LessonState.PENDING],
-            to_state=LessonState.CONFIRMED,
-            extra={"confirmed_at": moment, "confirmed_by": ConfirmedBy.SILENCE.value},
-        )
-        if changed != len(ids):
-            raise RuntimeError("a locked lesson changed state during auto-confirmation")
         hours: dict[int, int] = defaultdict(int)
         for _, contract_id, lesson_hours, _ in rows:
             hours[contract_id] += lesson_hours
         add_contract_hours({cid: (-h, h, 0) for cid, h in hours.items()})
         finish_contracts(sorted(hours), now=moment)
-        return len(due), len(ids)
+        return len(due), len(rows)

@@ -261,10 +261,20 @@ closures.run_closure(closure=Closure.objects.get(pk={closure_id}), batch_size=1)
 """
 
 
+@pytest.fixture
+def no_broker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Committed transactions run their on-commit hooks: keep the closure runs they enqueue off the broker."""
+    from custody import tasks
+
+    enqueued: list[int] = []
+    monkeypatch.setattr(tasks.run_closure_task, "delay", enqueued.append)
+    return enqueued
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_run_killed_with_sigkill_mid_batch_resumes_and_refunds_each_contract_once(
-    school: dict[str, Contract],
+    school: dict[str, Contract], no_broker: list[int]
 ) -> None:
     closure = order_closure(
         institution=school["taught"].institution, mode="abnormal", reason="跑路 absconded"
@@ -279,6 +289,7 @@ def test_a_run_killed_with_sigkill_mid_batch_resumes_and_refunds_each_contract_o
         capture_output=True,
         timeout=120,
     )
+    assert no_broker == [closure.pk]  # the abnormal order enqueued its run once committed
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     assert Refund.objects.count() == 1  # batch 1 committed; batch 2 died with its transaction
 
@@ -294,7 +305,7 @@ def test_a_run_killed_with_sigkill_mid_batch_resumes_and_refunds_each_contract_o
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_two_runs_racing_refund_each_contract_once(school: dict[str, Contract]) -> None:
+def test_two_runs_racing_refund_each_contract_once(school: dict[str, Contract], no_broker: list[int]) -> None:
     closure = order_closure(
         institution=school["taught"].institution, mode="abnormal", reason="跑路 absconded"
     )
