@@ -1,5 +1,15 @@
 """The custody domain's tables, one module per area."""
 
+from custody.models.alerts import (
+    AlertAction,
+    AlertEvent,
+    AlertLevel,
+    AlertRule,
+    AlertState,
+    ChargeRefusal,
+    InboxMessage,
+    RiskAlert,
+)
 from custody.models.api import ApiToken, BankStatementUpload, IdempotencyRecord
 from custody.models.audit import AuditEvent, AuditOutcome
 from custody.models.contracts import Contract, ContractState
@@ -42,6 +52,11 @@ from custody.models.reserve import ReserveCheck
 from custody.models.roles import BankOperator, InstitutionStaff, RegulatorProfile, StaffRole
 
 __all__ = [
+    "AlertAction",
+    "AlertEvent",
+    "AlertLevel",
+    "AlertRule",
+    "AlertState",
     "ApiToken",
     "AuditEvent",
     "AuditOutcome",
@@ -49,6 +64,7 @@ __all__ = [
     "BankStatementUpload",
     "CallbackLog",
     "CallbackOutcome",
+    "ChargeRefusal",
     "ClassSizeBand",
     "Closure",
     "ClosureMode",
@@ -62,6 +78,7 @@ __all__ = [
     "Guardian",
     "GuidancePrice",
     "IdempotencyRecord",
+    "InboxMessage",
     "Institution",
     "InstitutionStaff",
     "InstitutionState",
@@ -79,6 +96,7 @@ __all__ = [
     "RegulatorProfile",
     "ReleaseCadence",
     "ReserveCheck",
+    "RiskAlert",
     "StaffRole",
     "Student",
     "SupervisionMode",
