@@ -17,7 +17,7 @@ from typing import Any
 
 from axes.backends import AxesStandaloneBackend
 from django.contrib.auth.models import AbstractBaseUser
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
@@ -127,6 +127,23 @@ def axes_client_str(username: str, ip_address: str, user_agent: str, path_info: 
     from custody import pii
 
     return f"{{username: {pii.mask(username or '')!r}, ip_address: {ip_address!r}, path_info: {path_info!r}}}"
+
+
+def lockout_response(
+    request: HttpRequest, original_response: Any = None, credentials: Any = None
+) -> HttpResponse:
+    """What django-axes answers once a username or address is locked out (``AXES_LOCKOUT_CALLABLE``): the
+    API's error shape under /api/, a short bilingual text elsewhere (the admin site's login)."""
+    from django.conf import settings
+
+    from custody.api.errors import ERROR_CODES, error_payload
+
+    hours = settings.AXES_COOLOFF_TIME
+    message = f"登录失败次数过多，请{hours}小时后再试 too many failed sign-ins; try again in {hours} h"
+    status = ERROR_CODES["account_locked"][0]
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_payload("account_locked", message), status=status)
+    return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
