@@ -261,6 +261,7 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_SENSITIVE_PARAMETERS = ["password", "otp_token"]
 AXES_CLIENT_STR_CALLABLE = "custody.api.authentication.axes_client_str"
+AXES_LOCKOUT_CALLABLE = "custody.api.authentication.lockout_response"
 AXES_HTTP_RESPONSE_CODE = 429
 
 # The cache the throttles count in: shared Redis when CACHE_URL is set (several server processes), else
