@@ -29,6 +29,8 @@ VAR_DIR = BASE_DIR / "var"
 env = environ.Env()
 
 DEBUG: bool = env.bool("DJANGO_DEBUG", default=True)
+# The demo's landing page offers one-click logins as the demo users; only when DEBUG is on as well.
+DEMO_MODE: bool = env.bool("DEMO_MODE", default=DEBUG)
 
 
 def secret_from_env_or_var(env_var: str, var_file: str, generate: Callable[[], str]) -> str:
