@@ -10,10 +10,11 @@ function that takes no arguments and returns `(value, unit, conditions)`:
         ...  # set up data, time the work
         return entries_per_second, "entries/s", "1 connection, 2-leg entries, 10k entries, PostgreSQL 15"
 
+`@benchmark("ledger.post_serial_tps", target="≥ 2,000")` also records the target, shown beside the result.
 Keys are "<area>.<what>", unique across all modules. `value` is a number; `unit` names it
 ("entries/s", "ms p99"); `conditions` says what was measured so a reader can reproduce it (a string, or a
 JSON-serialisable dict). Django is already set up on the PostgreSQL bench database when a benchmark runs,
-with migrations applied; a benchmark cleans up after itself or works in its own rows.
+with its app's migrations applied; a benchmark cleans up after itself or works in its own rows.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ BenchResult = tuple[float | int, str, Conditions]
 BenchFunction = Callable[[], BenchResult]
 
 REGISTRY: dict[str, BenchFunction] = {}
+# What a benchmark should reach, as text shown next to its result ("≥ 2,000", "< 1 ms").
+TARGETS: dict[str, str] = {}
 
 
-def benchmark(key: str) -> Callable[[BenchFunction], BenchFunction]:
-    """Register the decorated function under `key` (e.g. "ledger.post_serial_tps")."""
+def benchmark(key: str, *, target: str | None = None) -> Callable[[BenchFunction], BenchFunction]:
+    """Register the decorated function under `key` (e.g. "ledger.post_serial_tps"), with its target."""
 
     def register(func: BenchFunction) -> BenchFunction:
         if key in REGISTRY:
@@ -37,6 +40,8 @@ def benchmark(key: str) -> Callable[[BenchFunction], BenchFunction]:
                 f"benchmark {key!r} is registered twice ({REGISTRY[key].__module__}, {func.__module__})"
             )
         REGISTRY[key] = func
+        if target is not None:
+            TARGETS[key] = target
         return func
 
     return register

@@ -3,11 +3,14 @@
     .venv/bin/python bench/run.py                      # every benchmark
     .venv/bin/python bench/run.py --only ledger.post_serial_tps
     .venv/bin/python bench/run.py --list
+    .venv/bin/python bench/run.py --markdown            # print results.json as a Markdown table, run nothing
+    .venv/bin/python bench/run.py --fresh               # drop and recreate the bench database first
 
 Benchmarks run against PostgreSQL only: DATABASE_URL must be a postgres:// URL, and when it is unset it
-defaults to postgres://postgres@127.0.0.1:5432/custody_bench. The database is created if missing and migrated
-before the first benchmark. results.json is a flat object
-{"key": {"value": ..., "unit": ..., "conditions": ...}}; keys not re-run keep their previous results.
+defaults to postgres://postgres@127.0.0.1:5432/custody_bench. The database is created if missing, and the apps
+the selected benchmarks measure are migrated, before the first benchmark. results.json is a flat object
+{"key": {"value": ..., "unit": ..., "target": ..., "conditions": ...}}; keys not re-run keep their previous
+results. A benchmark's conditions may carry a one-line "summary", which the Markdown table shows.
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", metavar="KEY", help="run only these benchmarks")
     parser.add_argument("--list", action="store_true", help="list registered benchmarks and exit")
     parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="results file to merge into")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="drop and recreate the bench database first (the ledger is append-only, so data accumulates)",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the results file as a Markdown table and exit"
+    )
     return parser.parse_args(argv)
 
 
@@ -55,9 +66,13 @@ def load_benchmarks() -> dict[str, Any]:
     return REGISTRY
 
 
-def prepare_database() -> None:
-    """Create the bench database if it does not exist, then apply migrations."""
+def prepare_database(keys: list[str], *, fresh: bool = False) -> None:
+    """Create the bench database if it does not exist (drop it first when ``fresh``), then migrate the apps
+    the benchmarks measure (the area of "<area>.<what>", with their dependencies), or every app when an area
+    is not an app. Migrating only what is measured keeps a run independent of other apps' unfinished
+    migrations."""
     import psycopg
+    from django.apps import apps
     from django.conf import settings
     from django.core.management import call_command
 
@@ -70,11 +85,19 @@ def prepare_database() -> None:
     if db.get("PASSWORD"):
         params["password"] = db["PASSWORD"]
     with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+        if fresh:
+            print(f"bench: dropping database {db['NAME']} (--fresh)")
+            conn.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}"')
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone()
         if not exists:
             print(f"bench: creating database {db['NAME']}")
             conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
-    call_command("migrate", verbosity=0, interactive=False)
+    areas = sorted({key.split(".", 1)[0] for key in keys})
+    if all(apps.is_installed(area) for area in areas):
+        for area in areas:
+            call_command("migrate", area, verbosity=0, interactive=False)
+    else:
+        call_command("migrate", verbosity=0, interactive=False)
 
 
 def merge_results(path: Path, new: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -91,15 +114,39 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
     print(f"{'benchmark':<{width}}  {'value':>14}  {'unit':<12}  conditions")
     for key, row in rows.items():
         conditions = row["conditions"]
-        if not isinstance(conditions, str):
+        if isinstance(conditions, dict) and conditions.get("summary"):
+            conditions = conditions["summary"]
+        elif not isinstance(conditions, str):
             conditions = json.dumps(conditions, ensure_ascii=False)
         value = row["value"]
         shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
         print(f"{key:<{width}}  {shown:>14}  {row['unit']:<12}  {conditions}")
 
 
+def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
+    """The results as a Markdown table: key, value, unit, target, conditions (their summary when present)."""
+
+    def cell(text: object) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| benchmark | value | unit | target | conditions |", "| --- | ---: | --- | --- | --- |"]
+    for key, row in rows.items():
+        conditions = row["conditions"]
+        if isinstance(conditions, dict):
+            conditions = conditions.get("summary") or json.dumps(conditions, ensure_ascii=False)
+        value = row["value"]
+        shown = f"{value:,.3f}" if isinstance(value, float) and value < 10 else f"{value:,.0f}"
+        target = cell(row.get("target", ""))
+        lines.append(f"| `{key}` | {shown} | {cell(row['unit'])} | {target} | {cell(conditions)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        rows = json.loads(args.results.read_text()) if args.results.exists() else {}
+        print(markdown_table(rows) if rows else f"bench: no results in {args.results}")
+        return 0
     configure_database()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
@@ -120,14 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: no benchmarks registered yet (add bench/bench_*.py modules; see bench/registry.py)")
         return 0
 
-    prepare_database()
+    from bench.registry import TARGETS
+
+    prepare_database(keys, fresh=args.fresh)
     new: dict[str, dict[str, Any]] = {}
     for key in keys:
         print(f"bench: running {key} ...", flush=True)
         started = time.perf_counter()
         value, unit, conditions = registry[key]()
         print(f"bench: {key} done in {time.perf_counter() - started:.1f} s", flush=True)
-        new[key] = {"value": value, "unit": unit, "conditions": conditions}
+        new[key] = {"value": value, "unit": unit, "target": TARGETS.get(key, ""), "conditions": conditions}
         # Merge after each benchmark so a failure later keeps what was measured.
         merge_results(args.results, {key: new[key]})
     print()
