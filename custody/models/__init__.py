@@ -10,7 +10,7 @@ from custody.models.alerts import (
     InboxMessage,
     RiskAlert,
 )
-from custody.models.api import ApiToken, BankStatementUpload, IdempotencyRecord
+from custody.models.api import ApiToken, IdempotencyRecord
 from custody.models.audit import AuditEvent, AuditOutcome
 from custody.models.contracts import Contract, ContractState
 from custody.models.corrections import CorrectionProposal, CorrectionState
@@ -61,7 +61,6 @@ __all__ = [
     "AuditEvent",
     "AuditOutcome",
     "BankOperator",
-    "BankStatementUpload",
     "CallbackLog",
     "CallbackOutcome",
     "ChargeRefusal",

@@ -46,38 +46,3 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.method} {self.path} [{self.key}]"
-
-
-class BankStatementUpload(models.Model):
-    """A statement file a custody bank uploaded (对账单上传), parsed and checked on arrival
-    (``reconciliation.formats.parse_statement``: balances add up, serials unique), kept byte for byte for
-    reconciliation. The same file twice is one upload."""
-
-    institution = models.ForeignKey(
-        "custody.Institution", on_delete=models.PROTECT, related_name="statement_uploads"
-    )
-    account_number = models.CharField(max_length=40)
-    format = models.CharField(max_length=10)
-    statement_id = models.CharField(max_length=64)
-    sequence = models.PositiveIntegerField(null=True, blank=True)
-    period_start = models.DateField()
-    period_end = models.DateField()
-    opening_balance_fen = models.BigIntegerField()
-    closing_balance_fen = models.BigIntegerField()
-    credits_fen = models.BigIntegerField()
-    debits_fen = models.BigIntegerField()
-    line_count = models.PositiveIntegerField()
-    filename = models.CharField(max_length=200, blank=True)
-    file_sha256 = models.CharField(max_length=64)
-    content = models.BinaryField()
-    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    uploaded_at = models.DateTimeField()
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["institution", "file_sha256"], name="custody_stmt_upload_file"),
-        ]
-        indexes = [models.Index(fields=["institution", "period_end"], name="custody_stmt_upload_period")]
-
-    def __str__(self) -> str:
-        return f"statement {self.statement_id} of {self.account_number}"
