@@ -80,6 +80,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "currency_mismatch": (422, "币种不符 wrong currency"),
     "account_not_found": (422, "账户不存在 no such ledger account"),
     "statement_error": (422, "对账单无效 the statement file is refused"),
+    "reconciliation_rule": (422, "对账规则不允许 a reconciliation rule refuses the request"),
     "ledger_error": (422, "账务错误 the ledger refuses the request"),
     "custody_error": (422, "业务错误 the request cannot be carried out"),
     "account_locked": (429, "登录失败次数过多，账户已锁定 too many failed logins: locked for a while"),
@@ -186,10 +187,14 @@ def _flatten(detail: Any) -> Any:
 
 
 def statement_error_response(exc: Exception) -> Response | None:
-    try:
-        from reconciliation.formats.errors import StatementError
-    except ImportError:  # pragma: no cover - the app ships with the project
-        return None
+    """Reconciliation's refusals: a statement file (``StatementError``), a rule (``ReconciliationError``)."""
+    from reconciliation.errors import ReconciliationError
+    from reconciliation.formats.errors import StatementError
+
+    if isinstance(exc, ReconciliationError):
+        return error_response(
+            "reconciliation_rule", exc.message, details={"rule": exc.rule, **_jsonable(exc.details)}
+        )
     if not isinstance(exc, StatementError):
         return None
     return error_response(

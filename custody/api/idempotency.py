@@ -13,8 +13,10 @@ A view method decorated with ``@idempotent("lesson.confirm")``:
    savepoint, stores its response, and appends the audit event.
 
 Responses to the domain's refusals (a rule, a state, a ledger limit) are stored and replayed like successes:
-the action ran and said no. Bad input, authentication and permission errors are not stored (the action never
-started): a corrected retry with the same key is then accepted.
+the action ran and said no; a view's ``after_refusal(exc)`` then runs in the same transaction (the action's
+own writes are rolled back, so a record of the refusal must be written there). Bad input, authentication
+and permission errors are not stored (the action never started): a corrected retry with the same key is
+then accepted.
 """
 
 from __future__ import annotations
@@ -102,6 +104,14 @@ def _domain_response(exc: Exception) -> Response | None:
     return statement_error_response(exc)
 
 
+def _after_refusal(view: Any, exc: Exception) -> None:
+    """Let the view record what a refusal means (e.g. an attempted over-cap charge) after the action's
+    savepoint rolled back, in the transaction that stores the refusal."""
+    hook = getattr(view, "after_refusal", None)
+    if callable(hook):
+        hook(exc)
+
+
 def run_idempotently(view: Any, request: Request, action: str, run: Callable[[], Response]) -> Response:
     key = request.headers.get(HEADER, "")
     if not _KEY.fullmatch(key):
@@ -138,6 +148,7 @@ def run_idempotently(view: Any, request: Request, action: str, run: Callable[[],
                 if refused is None:
                     raise
                 response = refused
+                _after_refusal(view, exc)
             record.status_code = response.status_code
             record.response_body = _stored(response)
             record.save(update_fields=["status_code", "response_body"])

@@ -130,6 +130,25 @@ urlpatterns = [
         regulators.RegulatorCorrectionRejectView.as_view(),
         name="regulator-correction-reject",
     ),
+    path("regulator/alerts/", regulators.RegulatorAlertsView.as_view(), name="regulator-alerts"),
+    path("regulator/alerts/<int:pk>/", regulators.RegulatorAlertDetailView.as_view(), name="regulator-alert"),
+    path(
+        "regulator/alerts/<int:pk>/acknowledge/",
+        regulators.RegulatorAlertAcknowledgeView.as_view(),
+        name="regulator-alert-acknowledge",
+    ),
+    path(
+        "regulator/alerts/<int:pk>/investigate/",
+        regulators.RegulatorAlertInvestigateView.as_view(),
+        name="regulator-alert-investigate",
+    ),
+    path(
+        "regulator/alerts/<int:pk>/resolve/",
+        regulators.RegulatorAlertResolveView.as_view(),
+        name="regulator-alert-resolve",
+    ),
+    path("regulator/inbox/", regulators.RegulatorInboxView.as_view(), name="regulator-inbox"),
+    path("regulator/inbox/read/", regulators.RegulatorInboxReadView.as_view(), name="regulator-inbox-read"),
     path("regulator/audit/", regulators.RegulatorAuditView.as_view(), name="regulator-audit"),
     path(
         "regulator/ledger/verification/",

@@ -1,5 +1,6 @@
 """A regulator's overview of a jurisdiction (辖区概览): institutions by state, money in custody and what it
-owes, lessons and refunds waiting. A handful of grouped queries over the institutions in scope."""
+owes, lessons and refunds waiting, unresolved risk alerts. A handful of grouped queries over the institutions
+in scope."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass, field
 from django.db.models import Count, QuerySet, Sum
 
 from custody.models import (
+    AlertLevel,
+    AlertState,
     Contract,
     ContractState,
     Institution,
@@ -16,6 +19,7 @@ from custody.models import (
     Payment,
     Refund,
     RefundState,
+    RiskAlert,
 )
 from custody.selectors.holdings import institutions_with_money
 from custody.services.calendar import local_today
@@ -36,6 +40,8 @@ class Overview:
     refunds_claimed: int = 0
     refunds_unpaid: int = 0
     refunds_overdue: int = 0
+    alerts_red: int = 0
+    alerts_yellow: int = 0
 
 
 def overview(institutions: QuerySet[Institution]) -> Overview:
@@ -56,6 +62,14 @@ def overview(institutions: QuerySet[Institution]) -> Overview:
     )
     refunds = Refund.objects.filter(contract__institution_id__in=ids)
     unpaid = (RefundState.APPROVED, RefundState.INSTRUCTED)
+    alerts = dict(
+        RiskAlert.objects.filter(institution_id__in=ids)
+        .exclude(state=AlertState.RESOLVED)
+        .order_by()
+        .values("level")
+        .annotate(n=Count("pk"))
+        .values_list("level", "n")
+    )
     return Overview(
         institutions=sum(by_state.values()),
         institutions_by_state=by_state,
@@ -75,4 +89,6 @@ def overview(institutions: QuerySet[Institution]) -> Overview:
         refunds_claimed=refunds.filter(state=RefundState.CLAIMED).count(),
         refunds_unpaid=refunds.filter(state__in=unpaid).count(),
         refunds_overdue=refunds.filter(state__in=unpaid, payout_due__lt=local_today()).count(),
+        alerts_red=alerts.get(AlertLevel.RED, 0),
+        alerts_yellow=alerts.get(AlertLevel.YELLOW, 0),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import django_filters
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -26,12 +26,14 @@ from custody.api.outputs import InstitutionMoneyOutput, PaymentOutput, PayoutOut
 from custody.api.permissions import IsBankOperator
 from custody.api.views.institutions import PayoutFilter
 from custody.errors import NotFound
-from custody.models import BankStatementUpload, Institution, Payment, PayoutInstruction
+from custody.models import Institution, Payment, PayoutInstruction
 from custody.selectors.access import institutions_in_scope
 from custody.selectors.holdings import institutions_with_money
-from custody.services.bank import receive_statement
 from custody.services.payments import settle_payments
 from custody.services.payouts import record_payout_result
+from reconciliation.formats import detect_format, parse_statement
+from reconciliation.models import BankStatement
+from reconciliation.services.imports import file_digest, store_statement
 
 SETTLING_CHANNELS = (("wechat", "微信支付 WeChat Pay"), ("alipay", "支付宝 Alipay"))
 
@@ -151,7 +153,7 @@ class BankSettlementView(ApiView):
         return Response(self.OutputSerializer({"settled": len(payments), "payments": payments}).data)
 
 
-class StatementUploadOutput(serializers.Serializer):
+class StatementOutput(serializers.Serializer):
     id = serializers.IntegerField()
     institution = serializers.IntegerField(source="institution_id")
     account_number = serializers.CharField()
@@ -166,41 +168,59 @@ class StatementUploadOutput(serializers.Serializer):
     debits = MoneyField(source="debits_fen", min_fen=0)
     line_count = serializers.IntegerField()
     file_sha256 = serializers.CharField()
-    uploaded_at = serializers.DateTimeField()
+    imported_at = serializers.DateTimeField()
 
 
 class BankStatementsView(ApiListView):
-    """对账单 Statements uploaded for the supervised accounts at this bank; POST uploads one file (CSV / XLSX
-    as Chinese banks send them, ISO 20022 camt.053, or MT940; the format is found from the bytes)."""
+    """对账单 Statements of the supervised accounts at this bank; POST uploads one file (CSV / XLSX as
+    Chinese banks send them, ISO 20022 camt.053, or MT940; the format is found from the bytes). The file is
+    checked (balances add up, serials unique, it continues the account's previous statement) and imported
+    for reconciliation (reconciliation/services/imports.py); the same file twice is the first import."""
 
     permission_classes = (IsBankOperator,)
-    serializer_class = StatementUploadOutput
-    filterset_fields = ["account_number", "format"]
+    serializer_class = StatementOutput
+    filterset_fields = ["account_number", "format", "statement_id"]
     ordering_fields = ["id", "period_end"]
     parser_classes = (MultiPartParser,)
 
     class InputSerializer(serializers.Serializer):
         file = serializers.FileField(allow_empty_file=False)
 
-    def get_queryset(self) -> QuerySet[BankStatementUpload]:
-        return BankStatementUpload.objects.filter(institution__in=institutions_in_scope(self.actor)).defer(
-            "content"
-        )
+    def get_queryset(self) -> QuerySet[BankStatement]:
+        return BankStatement.objects.filter(institution__in=institutions_in_scope(self.actor))
 
-    @extend_schema(request={"multipart/form-data": InputSerializer}, responses={201: StatementUploadOutput})
+    @extend_schema(
+        request={"multipart/form-data": InputSerializer},
+        responses={201: StatementOutput, 200: StatementOutput},
+    )
     @idempotent("statement.upload")
     def post(self, request: Request) -> Response:
         data = validated(self.InputSerializer, request)
         upload = data["file"]
-        content = upload.read()
-        statement = receive_statement(
-            bank_name=self.bank_name,
-            data=content,
-            filename=upload.name or "",
-            uploaded_by=self.user,
+        content, filename = upload.read(), upload.name or ""
+        parsed = parse_statement(content, filename=filename)
+        if (
+            not institutions_in_scope(self.actor)
+            .filter(custody_account_number=parsed.account_number)
+            .exists()
+        ):
+            raise NotFound(
+                "该账户不是本行托管的监管账户 the account is not a supervised account held at this bank",
+                field="file",
+            )
+        result = store_statement(
+            header=parsed,
+            lines=parsed.lines,
+            format=detect_format(content, filename),
+            file_sha256=file_digest(content),
+            filename=filename[:200],
+            imported_by=self.user,
         )
-        self.audit(target=statement, details={"statement_id": statement.statement_id})
-        return Response(StatementUploadOutput(statement).data, status=status.HTTP_201_CREATED)
+        statement = result.statement
+        self.audit(
+            target=statement, institution_id=statement.institution_id, details={"created": result.created}
+        )
+        return Response(StatementOutput(statement).data, status=201 if result.created else 200)
 
 
 __all__ = [

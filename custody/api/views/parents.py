@@ -33,6 +33,7 @@ from custody.api.outputs import (
     StudentOutput,
 )
 from custody.api.permissions import IsParent
+from custody.errors import RuleViolation
 from custody.models import (
     Contract,
     ContractState,
@@ -49,6 +50,7 @@ from custody.models import (
 )
 from custody.selectors.holdings import holdings_of_guardian, with_money
 from custody.selectors.statements import contract_statement
+from custody.services.alerts import record_charge_refusal
 from custody.services.contracts import sign_contract
 from custody.services.lessons import confirm_lesson, dispute_lesson
 from custody.services.people import add_student
@@ -185,6 +187,12 @@ class ParentContractsView(ApiListView):
     def get_queryset(self) -> QuerySet[Contract]:
         return _contracts(self.guardian_id)
 
+    def after_refusal(self, exc: Exception) -> None:
+        """A charge refused by a charging cap counts towards the institution's over-cap alert."""
+        course = getattr(self, "_course", None)
+        if isinstance(exc, RuleViolation) and course is not None:
+            record_charge_refusal(institution=course.institution, violation=exc)
+
     @extend_schema(request=InputSerializer, responses={201: ContractOutput})
     @idempotent("contract.sign")
     def post(self, request: Request) -> Response:
@@ -194,8 +202,13 @@ class ParentContractsView(ApiListView):
             Student.objects.filter(guardian_id=guardian_id), data["student"], "student"
         )
         course = own_or_field_error(
-            Course.objects.filter(published=True, institution__whitelisted=True), data["course"], "course"
+            Course.objects.filter(published=True, institution__whitelisted=True).select_related(
+                "institution"
+            ),
+            data["course"],
+            "course",
         )
+        self._course = course
         renews = None
         if data.get("renews") is not None:
             renews = own_or_field_error(

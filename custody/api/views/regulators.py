@@ -11,6 +11,7 @@ from typing import Any
 
 import django_filters
 from django.db.models import QuerySet
+from django.http import Http404
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -31,6 +32,9 @@ from custody.api.outputs import InstitutionMoneyOutput, LessonOutput, RefundOutp
 from custody.api.permissions import IsRegulator
 from custody.api.views.parents import LessonFilter, RefundFilter
 from custody.models import (
+    AlertLevel,
+    AlertRule,
+    AlertState,
     AuditEvent,
     AuditOutcome,
     ClassSizeBand,
@@ -39,6 +43,7 @@ from custody.models import (
     ConfirmedBy,
     CorrectionProposal,
     CorrectionState,
+    InboxMessage,
     Institution,
     InstitutionState,
     Jurisdiction,
@@ -46,6 +51,7 @@ from custody.models import (
     LessonState,
     Policy,
     Refund,
+    RiskAlert,
     SupervisionMode,
     TeachingMode,
     TrainingCategory,
@@ -56,6 +62,7 @@ from custody.selectors.balances import custody_invariant
 from custody.selectors.holdings import institutions_with_money
 from custody.selectors.policy import current_policy, guidance_prices
 from custody.selectors.supervision import overview
+from custody.services.alerts import mark_inbox_read, transition_alert
 from custody.services.closures import order_closure
 from custody.services.corrections import (
     CorrectionLeg,
@@ -94,6 +101,8 @@ class RegulatorOverviewView(ApiView):
         refunds_claimed = serializers.IntegerField()
         refunds_unpaid = serializers.IntegerField()
         refunds_overdue = serializers.IntegerField()
+        alerts_red = serializers.IntegerField(help_text="未处置的红色预警 unresolved red alerts")
+        alerts_yellow = serializers.IntegerField(help_text="未处置的黄色预警 unresolved yellow alerts")
 
     @extend_schema(responses={200: OutputSerializer})
     def get(self, request: Request) -> Response:
@@ -525,6 +534,207 @@ class RegulatorCorrectionRejectView(ApiView):
         proposal = reject_correction(proposal=proposal, rejected_by=self.user, note=data["note"])
         self.audit(target=proposal, institution_id=proposal.institution_id, after={"state": proposal.state})
         return Response(CorrectionOutput(_corrections(self).get(pk=proposal.pk)).data)
+
+
+# --- risk alerts and the inbox ----------------------------------------------------------------------------
+
+
+class AlertFilter(django_filters.FilterSet):
+    state = django_filters.MultipleChoiceFilter(choices=AlertState.choices)
+    level = django_filters.ChoiceFilter(choices=AlertLevel.choices)
+    rule = django_filters.ChoiceFilter(choices=AlertRule.choices)
+    institution = django_filters.NumberFilter(field_name="institution_id", min_value=1, max_value=MAX_ID)
+    raised_after = django_filters.IsoDateTimeFilter(field_name="raised_at", lookup_expr="gte")
+
+    class Meta:
+        model = RiskAlert
+        fields = ["state", "level", "rule", "institution", "window", "raised_after"]
+
+
+class AlertOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    institution = serializers.IntegerField(source="institution_id")
+    institution_name = serializers.CharField(source="institution.name")
+    jurisdiction = serializers.IntegerField(source="jurisdiction_id")
+    rule = serializers.CharField()
+    level = serializers.CharField()
+    window = serializers.CharField()
+    state = serializers.CharField()
+    value = serializers.IntegerField(help_text="比较的数值 the compared figure, in ``unit``")
+    threshold = serializers.IntegerField()
+    unit = serializers.CharField(help_text="fen, count, days or percent")
+    message = serializers.CharField()
+    evidence = serializers.JSONField()
+    policy_version = serializers.IntegerField()
+    raised_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField()
+    seen_count = serializers.IntegerField()
+    escalated_at = serializers.DateTimeField(allow_null=True)
+    acknowledged_at = serializers.DateTimeField(allow_null=True)
+    investigation_started_at = serializers.DateTimeField(allow_null=True)
+    resolved_at = serializers.DateTimeField(allow_null=True)
+    resolution_note = serializers.CharField()
+
+
+def _alerts(view: Any) -> QuerySet[RiskAlert]:
+    return RiskAlert.objects.filter(jurisdiction_id__in=view.actor.jurisdiction_ids()).select_related(
+        "institution"
+    )
+
+
+class RegulatorAlertsView(ApiListView):
+    """风险预警 Risk alerts raised by the scans in the jurisdiction (all states; filter ``state``)."""
+
+    permission_classes = (IsRegulator,)
+    serializer_class = AlertOutput
+    filterset_class = AlertFilter
+    ordering_fields = ["id", "raised_at", "level", "value"]
+    ordering = ["-raised_at", "-id"]
+
+    def get_queryset(self) -> QuerySet[RiskAlert]:
+        return _alerts(self)
+
+
+class AlertEventOutput(serializers.Serializer):
+    at = serializers.DateTimeField()
+    action = serializers.CharField()
+    actor = serializers.CharField(source="actor.username", allow_null=True, default=None)
+    note = serializers.CharField()
+    details = serializers.JSONField()
+
+
+class RegulatorAlertDetailView(ApiDetailView):
+    """一条预警 One alert with its handling history (raised, escalated, transitions, notifications)."""
+
+    permission_classes = (IsRegulator,)
+
+    class OutputSerializer(AlertOutput):
+        history = serializers.SerializerMethodField()
+
+        @extend_schema_field(AlertEventOutput(many=True))
+        def get_history(self, alert: RiskAlert) -> list[dict[str, Any]]:
+            history = alert.events.select_related("actor").order_by("at", "pk")
+            return list(AlertEventOutput(history, many=True).data)
+
+    serializer_class = OutputSerializer
+
+    def get_queryset(self) -> QuerySet[RiskAlert]:
+        return _alerts(self)
+
+
+class _AlertTransitionView(ApiView):
+    permission_classes = (IsRegulator,)
+    target_state = ""
+
+    class InputSerializer(serializers.Serializer):
+        note = serializers.CharField(max_length=2000, required=False, default="", allow_blank=True)
+
+    def transition(self, request: Request, pk: int) -> Response:
+        data = validated(self.InputSerializer, request)
+        alert = own_or_404(_alerts(self), pk)
+        before = {"state": alert.state}
+        alert = transition_alert(alert=alert, to_state=self.target_state, by=self.user, note=data["note"])
+        self.audit(
+            target=alert, institution_id=alert.institution_id, before=before, after={"state": alert.state}
+        )
+        return Response(AlertOutput(alert).data)
+
+
+class RegulatorAlertAcknowledgeView(_AlertTransitionView):
+    """确认预警 Acknowledge an alert."""
+
+    target_state = AlertState.ACKNOWLEDGED
+
+    @extend_schema(request=_AlertTransitionView.InputSerializer, responses={200: AlertOutput})
+    @idempotent("alert.acknowledge")
+    def post(self, request: Request, pk: int) -> Response:
+        return self.transition(request, pk)
+
+
+class RegulatorAlertInvestigateView(_AlertTransitionView):
+    """开始核查 Start investigating an alert."""
+
+    target_state = AlertState.INVESTIGATING
+
+    @extend_schema(request=_AlertTransitionView.InputSerializer, responses={200: AlertOutput})
+    @idempotent("alert.investigate")
+    def post(self, request: Request, pk: int) -> Response:
+        return self.transition(request, pk)
+
+
+class RegulatorAlertResolveView(_AlertTransitionView):
+    """处置完毕 Resolve an alert; the note saying how it was handled is required."""
+
+    target_state = AlertState.RESOLVED
+
+    class InputSerializer(serializers.Serializer):
+        note = serializers.CharField(max_length=2000)
+
+    @extend_schema(request=InputSerializer, responses={200: AlertOutput})
+    @idempotent("alert.resolve")
+    def post(self, request: Request, pk: int) -> Response:
+        return self.transition(request, pk)
+
+
+class InboxOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    institution = serializers.IntegerField(source="institution_id", allow_null=True)
+    alert = serializers.IntegerField(source="alert_id", allow_null=True)
+    subject = serializers.CharField()
+    body = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    read_at = serializers.DateTimeField(allow_null=True)
+
+
+def _inbox(view: Any) -> QuerySet[InboxMessage]:
+    return InboxMessage.objects.filter(jurisdiction_id__in=view.actor.jurisdiction_ids())
+
+
+class RegulatorInboxView(ApiListView):
+    """站内信 Messages to the jurisdiction's regulators (alerts raised and escalated); ``unread=true``."""
+
+    permission_classes = (IsRegulator,)
+    serializer_class = InboxOutput
+    ordering_fields = ["id", "created_at"]
+    ordering = ["-created_at", "-id"]
+
+    class InboxFilter(django_filters.FilterSet):
+        unread = django_filters.BooleanFilter(field_name="read_at", lookup_expr="isnull")
+
+        class Meta:
+            model = InboxMessage
+            fields = ["unread", "alert"]
+
+    filterset_class = InboxFilter
+
+    def get_queryset(self) -> QuerySet[InboxMessage]:
+        return _inbox(self)
+
+
+class RegulatorInboxReadView(ApiView):
+    """已读 Mark messages read (those read before keep their first reader)."""
+
+    permission_classes = (IsRegulator,)
+
+    class InputSerializer(serializers.Serializer):
+        ids = serializers.ListField(
+            child=serializers.IntegerField(min_value=1, max_value=MAX_ID), min_length=1, max_length=500
+        )
+
+    class OutputSerializer(serializers.Serializer):
+        marked = serializers.IntegerField()
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    @idempotent("inbox.read")
+    def post(self, request: Request) -> Response:
+        data = validated(self.InputSerializer, request)
+        wanted = set(data["ids"])
+        ours = set(_inbox(self).filter(pk__in=wanted).values_list("pk", flat=True))
+        if ours != wanted:
+            raise Http404
+        marked = mark_inbox_read(message_ids=sorted(ours), by=self.user)
+        self.audit(target_type="inboxmessage", details={"ids": sorted(ours)[:50], "marked": marked})
+        return Response(self.OutputSerializer({"marked": marked}).data)
 
 
 # --- audit, verification ----------------------------------------------------------------------------
