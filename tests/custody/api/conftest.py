@@ -19,21 +19,30 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.db import transaction
+from django.test import override_settings
 from rest_framework.test import APIClient
 
 from custody.channels.bank import bank_callback_body, sign_bank_callback
 from custody.models import (
+    AlertLevel,
+    AlertRule,
+    ClassSizeBand,
     Contract,
     CorrectionProposal,
     Course,
     Guardian,
+    InboxMessage,
     Institution,
     Jurisdiction,
     Lesson,
     PayoutInstruction,
     Refund,
+    RiskAlert,
     StaffRole,
     Student,
+    TeachingMode,
+    TrainingCategory,
 )
 from custody.services.access import (
     grant_bank_operator,
@@ -41,7 +50,11 @@ from custody.services.access import (
     grant_regulator,
     issue_api_token,
 )
+from custody.services.calendar import local_today
+from custody.services.contracts import sign_contract
 from custody.services.corrections import CorrectionLeg, propose_correction
+from custody.services.courses import publish_course
+from custody.services.institutions import register_institution
 from custody.services.lessons import NewLesson, confirm_lesson, dispute_lesson, record_lessons
 from custody.services.payments import receive_callback
 from custody.services.payouts import run_release_payouts
@@ -49,13 +62,8 @@ from custody.services.people import add_student, register_guardian
 from custody.services.policy import ensure_jurisdiction
 from custody.services.refunds import claim_refund
 from ledger import clock
-from tests.custody.conftest import (
-    ContractFactory,
-    CourseFactory,
-    InstitutionFactory,
-    unique_phone,
-    valid_id_number,
-)
+from ledger.money import cny, from_minor
+from tests.custody.conftest import unique_phone, valid_id_number
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2024, 3, 4, 10, 0, tzinfo=SHANGHAI)  # a Monday
@@ -96,10 +104,8 @@ def bank_key() -> Ed25519PrivateKey:
 
 @pytest.fixture(autouse=True)
 def _channels(settings: Any, bank_key: Ed25519PrivateKey) -> None:
-    public = base64.b64encode(bank_key.public_key().public_bytes_raw()).decode()
-    settings.CUSTODY_CHANNELS = {"bank": {"keys": {BANK_KEY_ID: public}}}
-    # A password hash costs 0.7 s by design; the tests make a dozen users each.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    for name, value in _test_settings(bank_key).items():
+        setattr(settings, name, value)
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ class SignedCallback:
     headers: dict[str, str]
     body: bytes
 
-    def http_headers(self) -> dict[str, str]:
+    def http_headers(self) -> dict[str, Any]:
         """The headers as Django's test client takes them (``HTTP_X_BANK_...``)."""
         return {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in self.headers.items()}
 
@@ -193,28 +199,62 @@ class World:
     other_payout: PayoutInstruction  # C's release payout, instructed
     correction: CorrectionProposal  # proposed in jurisdiction 1
     other_correction: CorrectionProposal  # proposed in jurisdiction 2
+    alert: RiskAlert  # open, at A
+    other_alert: RiskAlert  # open, at C
+    message: InboxMessage  # to jurisdiction 1's regulators
+    other_message: InboxMessage  # to jurisdiction 2's regulators
     users: dict[str, User] = field(default_factory=dict)
 
     def client(self, role: str) -> APIClient:
         return client_for(self.users.get(role))
 
 
-@pytest.fixture
-def world(
-    jurisdiction: Jurisdiction,
-    make_institution: InstitutionFactory,
-    make_course: CourseFactory,
-    make_contract: ContractFactory,
-    pay: Callable[[Contract], Contract],
-) -> World:
-    other_jurisdiction = ensure_jurisdiction(code="310115", name="浦东新区")
-    institution = make_institution(name="启明学科培训中心", custody_bank_name=BANK_X)
-    neighbour = make_institution(name="星河学科培训中心", custody_bank_name=BANK_X)
-    remote = make_institution(
-        name="浦东学科培训中心", custody_bank_name=BANK_Y, jurisdiction=other_jurisdiction
+def _institution(jurisdiction: Jurisdiction, name: str, bank: str) -> Institution:
+    n = next(_keys)
+    return register_institution(
+        jurisdiction=jurisdiction,
+        name=name,
+        licence_number=f"教民API{n:010d}",
+        category=TrainingCategory.SUBJECT,
+        custody_bank_name=bank,
+        custody_account_number=f"1001{n:012d}",
+        settlement_account_number=f"2002{n:012d}",
     )
-    course = make_course(institution=institution, name="初二数学提高班")
-    remote_course = make_course(institution=remote, name="初三物理")
+
+
+def _course(institution: Institution, name: str) -> Course:
+    return publish_course(
+        institution=institution,
+        name=name,
+        subject="数学",
+        category=TrainingCategory.SUBJECT,
+        class_size_band=ClassSizeBand.SMALL,
+        mode=TeachingMode.OFFLINE,
+        price_per_hour=cny("80.00"),
+        starts_on=local_today() + timedelta(days=14),
+    )
+
+
+def new_contract(course: Course, student: Student, paid_hours: int = 20) -> Contract:
+    return sign_contract(
+        course=course,
+        student=student,
+        paid_hours=paid_hours,
+        amount=from_minor(course.price_per_hour_fen * paid_hours, "CNY"),
+        service_starts_on=course.starts_on,
+        service_ends_on=course.starts_on + timedelta(days=59),
+    )
+
+
+def build_world(pay: Callable[[Contract], Contract]) -> World:
+    """The world, made by the real services (business time must be frozen at ``NOW``)."""
+    jurisdiction = ensure_jurisdiction(code="310104", name="徐汇区")
+    other_jurisdiction = ensure_jurisdiction(code="310115", name="浦东新区")
+    institution = _institution(jurisdiction, "启明学科培训中心", BANK_X)
+    neighbour = _institution(jurisdiction, "星河学科培训中心", BANK_X)
+    remote = _institution(other_jurisdiction, "浦东学科培训中心", BANK_Y)
+    course = _course(institution, "初二数学提高班")
+    remote_course = _course(remote, "初三物理")
 
     guardian = register_guardian(name="张伟", phone=unique_phone(), id_number=valid_id_number("19850315"))
     student = add_student(
@@ -225,10 +265,10 @@ def world(
     )
     other_student = add_student(guardian=other_guardian, name="王小红", id_number=valid_id_number("20110303"))
 
-    contract = pay(make_contract(course=course, student=student))
-    refund_contract = pay(make_contract(course=course, student=student, paid_hours=10))
-    other_contract = pay(make_contract(course=remote_course, student=other_student))
-    other_refund_contract = pay(make_contract(course=remote_course, student=other_student, paid_hours=10))
+    contract = pay(new_contract(course, student))
+    refund_contract = pay(new_contract(course, student, paid_hours=10))
+    other_contract = pay(new_contract(remote_course, other_student))
+    other_refund_contract = pay(new_contract(remote_course, other_student, paid_hours=10))
 
     lessons = record_lessons(
         lessons=[
@@ -302,6 +342,34 @@ def world(
             CorrectionLeg(f"prepaid:c{other_contract.pk}", "credit", 100),
         ],
     )
+    alert, other_alert = (
+        RiskAlert.objects.create(
+            institution=where,
+            jurisdiction_id=where.jurisdiction_id,
+            rule=AlertRule.DISPUTED_LESSONS,
+            level=AlertLevel.YELLOW,
+            window="ongoing",
+            value=25,
+            threshold=20,
+            unit="count",
+            message="有异议课时过多 many disputed lessons",
+            policy_version=1,
+            raised_at=clock.now(),
+            last_seen_at=clock.now(),
+        )
+        for where in (institution, remote)
+    )
+    message, other_message = (
+        InboxMessage.objects.create(
+            jurisdiction_id=raised.jurisdiction_id,
+            institution_id=raised.institution_id,
+            alert=raised,
+            subject="黄色预警 yellow alert",
+            body=raised.message,
+            created_at=clock.now(),
+        )
+        for raised in (alert, other_alert)
+    )
     return World(
         jurisdiction=jurisdiction,
         other_jurisdiction=other_jurisdiction,
@@ -328,5 +396,63 @@ def world(
         other_payout=other_payout,
         correction=correction,
         other_correction=other_correction,
+        alert=alert,
+        other_alert=other_alert,
+        message=message,
+        other_message=other_message,
         users=users,
     )
+
+
+def _paying(bank_key: Ed25519PrivateKey) -> Callable[[Contract], Contract]:
+    def pay_contract(contract: Contract) -> Contract:
+        body = bank_callback_body(
+            transaction_id=f"BK{contract.pk:010d}",
+            order_reference=contract.number,
+            amount_fen=contract.amount_fen,
+            paid_at=clock.now(),
+            payer_account=PAYER_ACCOUNT,
+        )
+        headers = sign_bank_callback(bank_key, BANK_KEY_ID, body, clock.now())
+        receive_callback(channel="bank", headers=headers, body=body, source_ip="10.0.0.1")
+        return Contract.objects.get(pk=contract.pk)
+
+    return pay_contract
+
+
+def _test_settings(bank_key: Ed25519PrivateKey) -> dict[str, Any]:
+    public = base64.b64encode(bank_key.public_key().public_bytes_raw()).decode()
+    return {
+        "CUSTODY_CHANNELS": {"bank": {"keys": {BANK_KEY_ID: public}}},
+        # A password hash costs 0.7 s by design; the tests make a dozen users.
+        "PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"],
+    }
+
+
+@pytest.fixture(scope="module")
+def _module_world(
+    django_db_setup: None, django_db_blocker: Any, bank_key: Ed25519PrivateKey
+) -> Iterator[World]:
+    """One world per test module, built inside a transaction that is rolled back after the module; each test
+    runs in a savepoint inside it (pytest-django's ``db``), so tests still see the world as built."""
+    with django_db_blocker.unblock():
+        outer = transaction.atomic()
+        outer.__enter__()
+        try:
+            with override_settings(**_test_settings(bank_key)), clock.frozen_at(NOW):
+                built = build_world(_paying(bank_key))
+            yield built
+        finally:
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+
+
+@pytest.fixture
+def world(_module_world: World, db: None) -> World:
+    return _module_world
+
+
+@pytest.fixture
+def committed_world(transactional_db: None, bank_key: Ed25519PrivateKey) -> World:
+    """The world committed, for tests that need other connections to see it (PostgreSQL only)."""
+    return build_world(_paying(bank_key))

@@ -120,7 +120,8 @@ def test_a_replay_writes_one_audit_event_for_the_action(world: World) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_duplicates_run_once(world: World) -> None:
+def test_concurrent_duplicates_run_once(committed_world: World) -> None:
+    world = committed_world
     url = f"/api/v1/parent/lessons/{world.lesson.pk}/confirm/"
     user = world.users["parent"]
     clients = [client_for(user) for _ in range(4)]
