@@ -86,3 +86,22 @@ def check_reserves(on_date: str | None = None) -> int:
     from custody.services.reserve import check_reserves as check
 
     return len(check(on_date=date.fromisoformat(on_date) if on_date else None))
+
+
+@shared_task(name="custody.daily_checkpoint")
+def daily_checkpoint() -> int:
+    """The daily custody checkpoint (每日检查点): sign the chain head, the entry log's root and every
+    contract's owed amount with a total per institution. A second run signs a second, equally valid one."""
+    from custody.services.checkpoints import create_custody_checkpoint
+
+    return create_custody_checkpoint().pk
+
+
+@shared_task(name="custody.risk_scan")
+def risk_scan() -> dict[str, int]:
+    """The daily risk scan (风险预警); notifications are sent after it commits. Re-running raises nothing
+    twice: an unresolved alert is only seen again."""
+    from custody.services.alerts import run_risk_scan
+
+    result = run_risk_scan()
+    return {"raised": len(result.raised), "escalated": len(result.escalated), "seen_again": result.seen_again}

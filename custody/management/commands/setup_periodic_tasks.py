@@ -78,6 +78,20 @@ SCHEDULE: tuple[Job, ...] = (
         hour="1",
         description="风险保证金核查 daily risk-reserve check at 01:00",
     ),
+    Job(
+        "custody: daily checkpoint",
+        "custody.daily_checkpoint",
+        minute="5",
+        hour="0",
+        description="每日托管检查点 sign every contract's owed amount at 00:05",
+    ),
+    Job(
+        "custody: risk scan",
+        "custody.risk_scan",
+        minute="30",
+        hour="23",
+        description="风险预警扫描 daily risk scan at 23:30, after the day's payouts and reserve check",
+    ),
 )
 
 
