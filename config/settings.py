@@ -100,7 +100,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.locale.LocaleMiddleware",
+    # Chinese unless the person chose English with the switch (not the browser's Accept-Language).
+    "custody.web.middleware.ChineseFirstLocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -123,6 +124,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            "libraries": {"web": "custody.web.templatetags"},
         },
     },
 ]
@@ -146,6 +148,9 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["OPTIONS"] = {"prepare_threshold": 5, **_db.get("OPTIONS", {})}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The web pages' sign-in (custody/web/account.py).
+LOGIN_URL = "web:login"
 
 # --- Auth ---------------------------------------------------------------------------------------------------
 
@@ -315,6 +320,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# The web's long actions (exports, reconciliation, verification) are tasks of custody/web/jobs.py, which is
+# not an app's tasks.py; their progress files live in WEB_JOBS_DIR.
+CELERY_IMPORTS = ("custody.web.jobs",)
+WEB_JOBS_DIR = Path(env.str("WEB_JOBS_DIR", default=str(VAR_DIR / "web-jobs")))
 
 # --- Ledger and PII keys ------------------------------------------------------------------------------------
 
