@@ -1,4 +1,4 @@
-"""Root URLs: the admin and a health check; each app adds its own routes here."""
+"""Root URLs: the admin, a health check, the API, the language switch and the web pages (at the root)."""
 
 from django.contrib import admin
 from django.db import DatabaseError, connection
@@ -28,4 +28,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^api/", api_not_found),
+    # The language switch (Django's set_language) and the web pages for the three roles (custody/web/).
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("", include("custody.web.urls")),
 ]
