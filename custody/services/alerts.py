@@ -744,10 +744,11 @@ def deliver_notifications(
     }
     sent = 0
     for alert in alerts:
+        due = [c for c in channels if (alert.pk, c.name, alert.level) not in delivered_before]
+        if not due:
+            continue
         notice = _notice(alert)
-        for channel in channels:
-            if (alert.pk, channel.name, alert.level) in delivered_before:
-                continue
+        for channel in due:
             details: dict[str, Any] = {"channel": channel.name, "level": alert.level}
             try:
                 with transaction.atomic():
