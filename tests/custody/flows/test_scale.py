@@ -1,0 +1,233 @@
+"""The flows at district scale, on PostgreSQL: set-based jobs stay within their time budgets.
+
+- auto-confirmation of 100,000 lessons (500 institutions × 20 contracts × 10 lessons), and the release run
+  that batches the released money into 500 payouts: under 15 s together;
+- a closure of an institution with 10,000 contracts (each with a confirmed and a pending lesson): under 10 s.
+
+Contracts are set up in bulk (rows, accounts and settled funding through ``ledger.services.post_batch``) since
+signing 10,000 contracts one by one would take minutes; everything timed goes through the real services.
+Before timing, the tables are ANALYZEd: a production database has statistics, while this server runs with
+autovacuum off and a freshly loaded table would otherwise be planned as if empty. Timings are printed
+(``pytest -s``) and attached to the report as properties; the machine is shared, so note its load.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+
+from custody.models import (
+    ClosureState,
+    Contract,
+    ContractState,
+    Course,
+    Institution,
+    Lesson,
+    LessonState,
+    PayoutInstruction,
+    Refund,
+)
+from custody.selectors.balances import custody_invariant
+from custody.selectors.policy import current_policy
+from custody.services.closures import order_closure, run_closure
+from custody.services.lessons import NewLesson, auto_confirm_due_lessons, record_lessons
+from custody.services.payouts import run_release_payouts
+from custody.services.people import add_student, register_guardian
+from ledger import clock, verification
+from ledger.models import Account, AccountType
+from ledger.money import from_minor
+from ledger.services import NewEntry, credit, debit, post_batch
+from tests.custody.conftest import InstitutionFactory, unique_phone, valid_id_number
+
+# Transactional: every job's transactions really commit, so the ledger's deferred checks run in the timing.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres, pytest.mark.slow]
+
+PRICE_FEN = 8_000
+PAID_HOURS = 10
+
+
+@pytest.fixture(autouse=True)
+def _flow_invariants() -> Iterator[None]:
+    """Overrides the per-contract checks of conftest (40,000 queries here): the ledger verifies and every
+    institution's custody invariant holds."""
+    yield
+    report = verification.verify()
+    assert report.ok, report.findings[:10]
+    for institution in Institution.objects.all():
+        assert custody_invariant(institution).holds
+
+
+def bulk_contracts(institutions: list[Institution], per_institution: int) -> list[int]:
+    """Active contracts of ``PAID_HOURS`` hours at ``PRICE_FEN``, paid and settled into custody."""
+    guardian = register_guardian(name="王芳", phone=unique_phone(), id_number=valid_id_number("19800101"))
+    student = add_student(guardian=guardian, name="王小明", id_number=valid_id_number("20140101"))
+    today = clock.now().date()
+    policy = current_policy(institutions[0].jurisdiction)
+    courses = Course.objects.bulk_create(
+        [
+            Course(
+                institution=i,
+                name="数学",
+                subject="数学",
+                category=i.category,
+                class_size_band="small",
+                mode="offline",
+                price_per_hour_fen=PRICE_FEN,
+                starts_on=today,
+                published=True,
+            )
+            for i in institutions
+        ]
+    )
+    now = clock.now()
+    contracts = Contract.objects.bulk_create(
+        [
+            Contract(
+                number=f"SC{i.pk:05d}{n:07d}",
+                institution=i,
+                course=course,
+                student=student,
+                guardian=guardian,
+                policy=policy,
+                subject="数学",
+                paid_hours=PAID_HOURS,
+                amount_fen=PRICE_FEN * PAID_HOURS,
+                service_starts_on=today,
+                service_ends_on=today + timedelta(days=59),
+                state=ContractState.ACTIVE,
+                signed_at=now,
+                paid_at=now,
+                payer_account="6222020200112233445",
+            )
+            for i, course in zip(institutions, courses, strict=True)
+            for n in range(per_institution)
+        ],
+        batch_size=5000,
+    )
+    accounts = Account.objects.bulk_create(
+        [
+            Account(
+                code=f"{prefix}:c{c.pk}",
+                type=AccountType.LIABILITY,
+                currency="CNY",
+                debits_must_not_exceed_credits=True,
+            )
+            for c in contracts
+            for prefix in ("prepaid", "refund_payable")
+        ],
+        batch_size=5000,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE custody_contract c SET prepaid_account_id = d.prepaid, refund_account_id = d.refund "
+            "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS d(id, prepaid, refund) "
+            "WHERE c.id = d.id",
+            [[c.pk for c in contracts], [a.pk for a in accounts[0::2]], [a.pk for a in accounts[1::2]]],
+        )
+    amount = from_minor(PRICE_FEN * PAID_HOURS, "CNY")
+    for start in range(0, len(contracts), 5000):
+        post_batch(
+            entries=[
+                NewEntry(
+                    idempotency_key=f"scale:fund:{c.pk}",
+                    kind="payment",
+                    legs=[
+                        debit(f"custody_cash:i{c.institution_id}", amount),
+                        credit(f"prepaid:c{c.pk}", amount),
+                    ],
+                )
+                for c in contracts[start : start + 5000]
+            ]
+        )
+    return [c.pk for c in contracts]
+
+
+def record_one_lesson_each(contract_ids: list[int], *, round_: int) -> None:
+    contracts = {c.pk: c for c in Contract.objects.filter(pk__in=contract_ids)}
+    for start in range(0, len(contract_ids), 10_000):
+        record_lessons(
+            lessons=[
+                NewLesson(contract=contracts[pk], held_at=clock.now(), idempotency_key=f"scale:{pk}:{round_}")
+                for pk in contract_ids[start : start + 10_000]
+            ]
+        )
+
+
+def analyze() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+
+
+def timed(label: str, record_property: Callable[[str, object], None], run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - started
+    print(f"{label}: {seconds:.2f} s (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores)")
+    record_property(label, round(seconds, 3))
+    return seconds
+
+
+def test_100k_lessons_auto_confirm_and_release_into_500_payouts_within_15_seconds(
+    make_institution: InstitutionFactory, record_property: Callable[[str, object], None]
+) -> None:
+    institutions = [make_institution() for _ in range(500)]
+    contract_ids = bulk_contracts(institutions, per_institution=20)
+    analyze()
+    recording = 0.0
+    for round_ in range(PAID_HOURS):
+        recording += timed(
+            f"record 10,000 lessons (round {round_})",
+            record_property,
+            lambda r=round_: record_one_lesson_each(contract_ids, round_=r),
+        )
+    print(f"recording 100,000 lessons: {recording:.2f} s")
+    assert Lesson.objects.filter(state=LessonState.PENDING).count() == 100_000
+    clock.advance(timedelta(days=40))
+    analyze()
+
+    confirmed: list[int] = []
+    confirm_seconds = timed(
+        "auto-confirm 100,000 lessons", record_property, lambda: confirmed.append(auto_confirm_due_lessons())
+    )
+    payouts: list[PayoutInstruction] = []
+    payout_seconds = timed(
+        "release run into 500 payouts", record_property, lambda: payouts.extend(run_release_payouts())
+    )
+
+    assert confirmed == [100_000]
+    assert len(payouts) == 500
+    assert {p.amount_fen for p in payouts} == {20 * PAID_HOURS * PRICE_FEN}
+    assert Contract.objects.filter(state=ContractState.COMPLETED).count() == 10_000
+    assert confirm_seconds + payout_seconds < 15, (confirm_seconds, payout_seconds)
+
+
+def test_a_closure_of_10k_contracts_within_10_seconds(
+    make_institution: InstitutionFactory, record_property: Callable[[str, object], None]
+) -> None:
+    institution = make_institution()
+    contract_ids = bulk_contracts([institution], per_institution=10_000)
+    analyze()
+    record_one_lesson_each(contract_ids, round_=0)
+    clock.advance(timedelta(days=40))
+    assert auto_confirm_due_lessons() == 10_000
+    record_one_lesson_each(contract_ids, round_=1)  # pending when the closure comes
+    closure = order_closure(institution=institution, mode="abnormal", reason="跑路 absconded")
+    analyze()
+
+    seconds = timed("closure of 10,000 contracts", record_property, lambda: run_closure(closure=closure))
+
+    closure.refresh_from_db()
+    assert closure.state == ClosureState.COMPLETED
+    assert (closure.contracts_done, closure.lessons_voided) == (10_000, 10_000)
+    assert Refund.objects.filter(reason="closure", amount_fen=(PAID_HOURS - 1) * PRICE_FEN).count() == 10_000
+    assert PayoutInstruction.objects.filter(kind="refund").count() == 10_000
+    assert closure.refunded_fen == 10_000 * (PAID_HOURS - 1) * PRICE_FEN
+    assert seconds < 10, seconds
+    rows = Refund.objects.count()
+    run_closure(closure=closure)
+    assert Refund.objects.count() == rows
