@@ -75,7 +75,7 @@ def overdue_refunds(*, today: date | None = None) -> QuerySet[Refund]:
     )
 
 
-def unanswered_refunds(*, today: date | None = None) -> QuerySet[Refund]:
+def unanswered_refunds() -> QuerySet[Refund]:
     """Claims still waiting for the institution's answer, soonest deadline first."""
     return Refund.objects.filter(state=RefundState.CLAIMED).order_by("answer_due", "pk")
 

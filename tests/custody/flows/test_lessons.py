@@ -10,6 +10,14 @@ import pytest
 
 from custody.errors import IllegalTransition, RuleViolation
 from custody.models import ConfirmedBy, Contract, ContractState, Lesson, LessonState
+from custody.selectors.lessons import (
+    awaiting_confirmation,
+    disputed_lessons,
+    due_for_auto_confirmation,
+    lessons_of,
+    paid_hours_taken,
+    unconfirmed_count,
+)
 from custody.services.institutions import freeze_institution, unfreeze_institution
 from custody.services.lessons import (
     NewLesson,
@@ -261,3 +269,19 @@ def test_auto_confirmation_works_in_batches(
         assert (stored.hours_pending, stored.hours_consumed) == (0, 4)
         assert posted(prepaid(contract)) == 160_000 - 4 * 8_000
     assert posted(payable(contracts[0].institution)) == 3 * 4 * 8_000
+
+
+def test_the_lesson_selectors_show_what_awaits_the_parent_and_the_institution(
+    paid_contract: Contract,
+) -> None:
+    first, second, third = record_lessons(lessons=[lesson(paid_contract, f"Q{n}") for n in range(3)])
+    dispute_lesson(lesson=second, reason="未上课 not held")
+    confirm_lesson(lesson=third)
+
+    assert [x.pk for x in awaiting_confirmation(paid_contract)] == [first.pk]
+    assert [x.pk for x in disputed_lessons(paid_contract.institution)] == [second.pk]
+    assert unconfirmed_count(paid_contract.institution) == {"pending": 1, "disputed": 1}
+    assert list(due_for_auto_confirmation()) == []
+    assert [x.pk for x in due_for_auto_confirmation(now=first.confirm_deadline)] == [first.pk]
+    assert paid_hours_taken([paid_contract.pk]) == {paid_contract.pk: 3}
+    assert [x.pk for x in lessons_of(paid_contract)] == [first.pk, second.pk, third.pk]

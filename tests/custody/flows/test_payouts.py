@@ -10,6 +10,7 @@ import pytest
 
 from custody.errors import IllegalTransition, NotFound, RuleViolation
 from custody.models import Contract, PayoutInstruction, PayoutKind, PayoutState
+from custody.selectors.payouts import awaiting_bank, by_reference, payouts_of
 from custody.services.closures import order_closure
 from custody.services.institutions import freeze_institution
 from custody.services.lessons import NewLesson, auto_confirm_due_lessons, record_lessons
@@ -56,6 +57,11 @@ def test_a_release_run_instructs_one_payout_per_institution_and_the_bank_execute
     assert available(cash(institution)) == 160_000 - 24_000
     assert run_release_payouts() == []  # nothing new to pay
 
+    assert [p.pk for p in awaiting_bank()] == [payout.pk]
+    assert by_reference(payout.reference) == payout
+    assert [p.pk for p in payouts_of(institution, kind="release")] == [payout.pk]
+    assert list(payouts_of(institution, kind="refund")) == []
+
     executed = record_payout_result(reference=payout.reference, executed=True, bank_reference="BANK-778")
     assert (executed.state, executed.bank_reference) == (PayoutState.EXECUTED, "BANK-778")
     assert posted(payable(institution)) == 0
@@ -67,6 +73,7 @@ def test_a_release_run_instructs_one_payout_per_institution_and_the_bank_execute
     assert ledger_rows() == rows
     with pytest.raises(IllegalTransition):
         record_payout_result(reference=payout.reference, executed=False, reason="太晚了 too late")
+    assert list(awaiting_bank()) == []
     with pytest.raises(NotFound):
         record_payout_result(reference="PO20240304XXXXXXXX", executed=True)
 
