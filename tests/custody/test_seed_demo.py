@@ -152,7 +152,8 @@ def test_the_demo_has_every_state_and_its_books_verify(settings: Any) -> None:
         assert closure_refunds == (1 if contract.state == ContractState.REFUNDED else 0)
 
     # The personal data is well-formed and fictional by construction.
-    for person in [*Guardian.objects.all(), *Student.objects.all()]:
+    people: list[Guardian | Student] = [*Guardian.objects.all(), *Student.objects.all()]
+    for person in people:
         assert normalise_id_number(person.id_number) == person.id_number
         assert person.name and not person.name.isascii()
     for guardian in Guardian.objects.all():
@@ -179,7 +180,7 @@ def test_the_demo_has_every_state_and_its_books_verify(settings: Any) -> None:
     assert "OK" in out.getvalue()
 
 
-def fingerprint() -> tuple[object, ...]:
+def fingerprint() -> tuple[dict[str, dict[str, int]], list[tuple[str, str, str, int, int, int, str]]]:
     """What the demo made, without database ids (PostgreSQL sequences do not roll back)."""
     contracts = sorted(
         (c.institution.name, c.course.name, c.student.name, c.amount_fen, c.paid_hours, c.gift_hours, c.state)
