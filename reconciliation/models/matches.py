@@ -20,12 +20,28 @@ class MatchRule(models.TextChoices):
 
 
 class Match(models.Model):
-    institution = models.ForeignKey("custody.Institution", on_delete=models.PROTECT, related_name="+")
+    """A group of lines and postings that are the same money.
+
+    A million-line statement writes a million matches, so each costs as few writes as it can: the links
+    are keyed by their line and posting (which the database keeps to one match each, and checks are real
+    rows); the link's match and the match's institution are written by the matcher in the same statement
+    as the match, and are not re-checked row by row by foreign keys (deleting a match deletes its links:
+    ``on_delete=CASCADE``, done by Django)."""
+
+    # Looked up through the (institution, matched_at) index; no index of its own.
+    institution = models.ForeignKey(
+        "custody.Institution", on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
     rule = models.CharField(max_length=32, choices=MatchRule.choices)
     key = models.TextField(blank=True)  # what matched: the reference, the amount and day, the batch
     matched_at = models.DateTimeField()
     matched_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
     )
     lines_fen = models.BigIntegerField()  # Σ bank lines (signed)
     entries_fen = models.BigIntegerField()  # Σ custody-cash postings (signed the same way)
@@ -44,10 +60,15 @@ class Match(models.Model):
 
 
 class MatchLine(models.Model):
-    match = models.ForeignKey(Match, on_delete=models.CASCADE, related_name="line_links")
+    """A bank line in a match. The line is the key: a line is in one match at most."""
+
     line = models.OneToOneField(
-        "reconciliation.BankStatementLine", on_delete=models.PROTECT, related_name="match_link"
+        "reconciliation.BankStatementLine",
+        on_delete=models.PROTECT,
+        related_name="match_link",
+        primary_key=True,
     )
+    match = models.ForeignKey(Match, on_delete=models.CASCADE, related_name="line_links", db_constraint=False)
     amount_fen = models.BigIntegerField()
 
     def __str__(self) -> str:
@@ -55,11 +76,18 @@ class MatchLine(models.Model):
 
 
 class MatchEntry(models.Model):
-    """A ledger posting on ``custody_cash:i`` in a match, with its entry for convenience."""
+    """A ledger posting on ``custody_cash:i`` in a match. The posting is the key: a posting is in one match
+    at most. Its entry is kept for convenience (no constraint of its own: the posting's entry it is)."""
 
-    match = models.ForeignKey(Match, on_delete=models.CASCADE, related_name="entry_links")
-    posting = models.OneToOneField("ledger.Posting", on_delete=models.PROTECT, related_name="+")
-    entry = models.ForeignKey("ledger.Entry", on_delete=models.PROTECT, related_name="+", db_index=False)
+    posting = models.OneToOneField(
+        "ledger.Posting", on_delete=models.PROTECT, related_name="+", primary_key=True
+    )
+    match = models.ForeignKey(
+        Match, on_delete=models.CASCADE, related_name="entry_links", db_constraint=False
+    )
+    entry = models.ForeignKey(
+        "ledger.Entry", on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
     amount_fen = models.BigIntegerField()
 
     class Meta:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import date, datetime
 from typing import Any
 
 from django.db import connection, models
@@ -52,7 +53,8 @@ def insert_rows(model: type[models.Model], columns: Sequence[str], rows: Iterabl
         sql = f'INSERT INTO "{table}" ({", ".join(columns)}) VALUES ({", ".join(["%s"] * len(columns))})'
         chunk: list[Sequence[Any]] = []
         for row in rows:
-            chunk.append(row)
+            # Stored the way the ORM stores them (naive UTC text), so ORM lookups find them.
+            chunk.append([_sqlite_value(value) for value in row])
             if len(chunk) >= CHUNK:
                 cursor.executemany(sql, chunk)
                 count += len(chunk)
@@ -61,3 +63,11 @@ def insert_rows(model: type[models.Model], columns: Sequence[str], rows: Iterabl
             cursor.executemany(sql, chunk)
             count += len(chunk)
     return count
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return connection.ops.adapt_datetimefield_value(value)
+    if isinstance(value, date):
+        return connection.ops.adapt_datefield_value(value)
+    return value

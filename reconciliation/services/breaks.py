@@ -83,7 +83,8 @@ def break_key(kind: str, *parts: object) -> str:
 
 def raise_breaks(specs: Sequence[NewBreak], *, at: datetime | None = None) -> RaiseResult:
     """Raise each break unless it exists. An open one is refreshed (amount, explanation); a resolved one whose
-    cause is back is reopened. One query per 1,000 keys, bulk inserts."""
+    cause is back is reopened, unless a person accepted that same amount. One query per 1,000 keys, bulk
+    inserts."""
     moment = at or clock.now()
     result = RaiseResult()
     for start in range(0, len(specs), 1000):
@@ -113,7 +114,13 @@ def raise_breaks(specs: Sequence[NewBreak], *, at: datetime | None = None) -> Ra
                 )
                 continue
             changed = (found.amount_fen, found.explanation) != (spec.amount_fen, spec.explanation)
-            if found.state == BreakState.RESOLVED:
+            if (
+                found.state == BreakState.RESOLVED
+                and found.resolution_kind == ResolutionKind.ACCEPTED
+                and found.amount_fen == spec.amount_fen
+            ):
+                result.unchanged += 1  # a person accepted this very difference; it stays resolved
+            elif found.state == BreakState.RESOLVED:
                 _reopen_fields(found)
                 _refresh(found, spec)
                 found.save()

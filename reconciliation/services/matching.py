@@ -4,12 +4,14 @@
 still unmatched within the look-back) and the institution's unmatched postings on ``custody_cash:i`` since
 the look-back, and:
 
-1. references, set-based: four SQL joins on indexed columns, streamed in key order: the payout reference
-   (``PO…``/``RF…``) on the line's reference; the payment's transaction id on the line's serial, then on its
-   reference; the contract number (``HT…``) on the reference. Lines and postings sharing a key form one group:
-   one line for one entry, one line for several, several lines for one (a payout booked in parts). A group
-   whose lines exceed its entries by lines that repeat another line of the group has those lines flagged as
-   booked twice; any other difference stays in the match as an ``amount_difference``.
+1. references, set-based, in four passes: the payout reference (``PO…``/``RF…``) on the line's reference;
+   the payment's transaction id on the line's serial, then on its reference; the contract number (``HT…``)
+   on the reference. Lines and postings sharing a key form one group: one line for one entry, one line for
+   several, several lines for one (a payout booked in parts). On PostgreSQL the one-line-one-posting groups
+   of equal amounts (nearly all) are matched inside the database by one statement per pass; the other
+   groups are streamed in key order. A group whose lines exceed its entries by lines that repeat another
+   line of the group has those lines flagged as booked twice; any other difference stays in the match as
+   an ``amount_difference``.
 2. rules, in memory over the small remainder (``services.rules``).
 3. classification of what is left: a bank charge (``fee``), a booking repeated (``duplicate_line``), one of
    our references that names nothing (``unmatched_line`` at once); any other line, and any posting, becomes a
@@ -17,7 +19,7 @@ the look-back, and:
 
 Matches are written in bulk (COPY on PostgreSQL) with ids taken from the sequence first; breaks are raised
 through ``services.breaks`` (deduplicated by key) and those whose item is now matched are resolved. A dry run
-does all of it but writes nothing and returns what it would have matched.
+does all of it inside a transaction it then rolls back, and returns what it would have matched.
 """
 
 from __future__ import annotations
@@ -109,9 +111,11 @@ def match_statement(
         Institution.objects.select_for_update().filter(pk=statement.institution_id).first()
         try:
             run.execute()
+            run.summary.proposals = _proposals(run.institution.pk, run.now)
         finally:
             run.drop_tables()
         if dry_run:
+            # A dry run does everything a run does, then takes it all back: what it reports is exact.
             transaction.set_rollback(True)
     return run.summary
 
@@ -148,8 +152,6 @@ class _Run:
         horizon = horizon_start(statement.institution_id, self.calendar)
         self.lines_from = lookback
         self.postings_after = max(d for d in (self.calendar.start(lookback), horizon) if d is not None)
-        self.used_lines: set[int] = set()
-        self.used_items: set[int] = set()
         self.writer = _Writer(self)
         self.breaks: list[break_service.NewBreak] = []
 
@@ -187,6 +189,9 @@ class _Run:
     def _load(self) -> None:
         self.drop_tables()
         with connection.cursor() as cursor:
+            if is_postgres():
+                # Hash joins and aggregates over a big statement stay in memory (this transaction only).
+                cursor.execute("SET LOCAL work_mem = '64MB'")
             cursor.execute(
                 f"CREATE TEMP TABLE {ITEM_TABLE} AS {items_sql()}",
                 [self.institution.cash_account_id, self.postings_after],
@@ -214,43 +219,90 @@ class _Run:
             cursor.execute(f"DROP TABLE IF EXISTS {LINE_TABLE}")
 
     def _by_references(self) -> None:
+        """Four passes, most specific first. On PostgreSQL each pass first matches, in one statement, every
+        key held by exactly one line and one posting of the same amount (almost all of them); then the keys
+        left (several lines or postings, or amounts that differ) are read as two streams sorted by key, the
+        lines having it and the postings having it, zipped group by group in Python: no join multiplies
+        lines by postings, however many share a key. What a pass matched leaves the working tables."""
         passes = (
-            ("payout", "i.payout_ref = l.reference", "i.payout_ref"),
-            ("serial", "i.txn_id = l.serial", "i.txn_id"),
-            ("transaction", "i.txn_id = l.reference", "i.txn_id"),
-            ("contract", "i.contract_no = l.reference", "i.contract_no"),
+            ("payout", "reference", "payout_ref"),
+            ("serial", "serial", "txn_id"),
+            ("transaction", "reference", "txn_id"),
+            ("contract", "reference", "contract_no"),
         )
         total = self.summary.lines_considered
-        for name, condition, key in passes:
-            sql = (
-                f"SELECT {key}, l.line_id, l.amount, i.posting_id, i.entry_id, i.amount "
-                f"FROM {LINE_TABLE} l JOIN {ITEM_TABLE} i ON {condition} "
-                f"ORDER BY {key}, l.line_id, i.posting_id"
+        order = ' COLLATE "C"' if is_postgres() else ""
+        for name, line_key, item_key in passes:
+            if is_postgres():
+                self._pairs_in_sql(name, line_key, item_key)
+                self.progress("references", self.summary.matched_lines, total)
+            lines = _stream(
+                f"SELECT l.{line_key}, l.line_id, l.amount FROM {LINE_TABLE} l "
+                f"WHERE l.{line_key} IN (SELECT i.{item_key} FROM {ITEM_TABLE} i) "
+                f"ORDER BY l.{line_key}{order}, l.line_id"
             )
-            for count, group in enumerate(_groups(_stream(sql), self.used_lines, self.used_items)):
-                self.writer.add(_settle(group, name))
+            items = _stream(
+                f"SELECT i.{item_key}, i.posting_id, i.entry_id, i.amount FROM {ITEM_TABLE} i "
+                f"WHERE i.{item_key} IN (SELECT l.{line_key} FROM {LINE_TABLE} l) "
+                f"ORDER BY i.{item_key}{order}, i.posting_id"
+            )
+            matched_lines: list[int] = []
+            matched_items: list[int] = []
+            for count, group in enumerate(_zip_groups(lines, items)):
+                settled = _settle(group, name)
+                self.writer.add(settled)
+                matched_lines.extend(line_id for line_id, _ in settled.lines)
+                matched_lines.extend(line_id for line_id, _ in settled.duplicates)
+                matched_items.extend(posting_id for posting_id, _, _ in settled.items)
                 if count % 10_000 == 0:
-                    self.progress("references", len(self.used_lines), total)
-        self.progress("references", len(self.used_lines), total)
+                    self.progress("references", self.summary.matched_lines, total)
+            _discard(LINE_TABLE, "line_id", matched_lines)
+            _discard(ITEM_TABLE, "posting_id", matched_items)
+        self.progress("references", self.summary.matched_lines, total)
+
+    def _pairs_in_sql(self, name: str, line_key: str, item_key: str) -> None:
+        """One line and one posting alone with their key, for the same amount: matched set-wise."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [Match._meta.db_table])
+            sequence = cursor.fetchone()[0]
+            cursor.execute(
+                _PAIRS_SQL.format(
+                    lines=LINE_TABLE,
+                    items=ITEM_TABLE,
+                    line_key=line_key,
+                    item_key=item_key,
+                    match=Match._meta.db_table,
+                    match_line=MatchLine._meta.db_table,
+                    match_entry=MatchEntry._meta.db_table,
+                ),
+                {
+                    "sequence": sequence,
+                    "institution": self.institution.pk,
+                    "rule": MatchRule.REFERENCE.value,
+                    "prefix": f"{name}:",
+                    "now": self.now,
+                    "by": self.matched_by.pk if self.matched_by is not None else None,
+                },
+            )
+            matched = cursor.fetchone()[0]
+        self.summary.matches_by_rule[MatchRule.REFERENCE] += matched
+        self.summary.lines_by_rule[MatchRule.REFERENCE] += matched
+        self.summary.matched_lines += matched
+        self.summary.matched_postings += matched
 
     def _remainder(self) -> tuple[list[OpenLine], list[LedgerItem]]:
-        lines: list[OpenLine] = []
         rows = _stream(
             f"SELECT l.id, l.statement_id, l.line_number, l.serial, l.booked_on, l.value_on, l.amount_fen, "
             f"l.counterparty_name, l.counterparty_account, l.reference, l.summary "
             f"FROM {BankStatementLine._meta.db_table} l JOIN {LINE_TABLE} t ON t.line_id = l.id ORDER BY l.id"
         )
-        for row in rows:
-            if row[0] not in self.used_lines:
-                lines.append(_open_line(row))
+        lines = [_open_line(row) for row in rows]
         items: list[LedgerItem] = []
         for row in _stream(
             "SELECT posting_id, entry_id, amount, posted_at, kind, payout_ref, payout_kind, txn_id, "
             "channel, "
             f"contract_no FROM {ITEM_TABLE} ORDER BY posting_id"
         ):
-            if row[0] in self.used_items:
-                continue
             (
                 posting_id,
                 entry_id,
@@ -394,8 +446,6 @@ class _Run:
         for group in self.writer.difference_groups:
             self.breaks.append(_difference_break(self.institution.pk, group, self.statement.period_end))
         self.summary.breaks_by_kind.update(spec.kind for spec in self.breaks)
-        if self.dry_run:
-            return
         break_service.raise_breaks(self.breaks, at=self.now)
         self.summary.resolved_breaks = break_service.resolve_matched_items(institution_id=self.institution.pk)
         BankStatement.objects.filter(pk=self.statement.pk).update(matched_at=self.now)
@@ -430,7 +480,7 @@ def _difference_break(institution_id: int, group: Group, day: date) -> break_ser
 
 
 class _Writer:
-    """Buffers matches and writes them in chunks, ids reserved first (or, in a dry run, only counts)."""
+    """Buffers matches and writes them in chunks of ``WRITE_CHUNK``, their ids reserved first."""
 
     def __init__(self, run: _Run) -> None:
         self.run = run
@@ -440,53 +490,35 @@ class _Writer:
         self.entries: list[tuple[int, int, int, int]] = []
         self.difference_groups: list[Group] = []
         self.duplicates: list[tuple[int, int]] = []  # (line, twin line in the same group)
-        self.next_fake = -1
 
     def add(self, group: Group) -> None:
         if not group.lines and not group.items:
             return
         run = self.run
         summary = run.summary
+        lines_fen, entries_fen = group.lines_fen, group.entries_fen
         summary.matches_by_rule[group.rule] += 1
         summary.lines_by_rule[group.rule] += len(group.lines)
         summary.matched_lines += len(group.lines)
         summary.matched_postings += len(group.items)
-        run.used_lines.update(line_id for line_id, _ in group.lines)
-        run.used_items.update(posting_id for posting_id, _, _ in group.items)
-        if len(summary.proposals) < PROPOSALS_KEPT:
-            summary.proposals.append(group)
-        if run.dry_run:
-            match_id = self.next_fake
-            self.next_fake -= 1
-        else:
-            if not self.ids:
-                self.flush()
-                self.ids = reserve_ids(Match, WRITE_CHUNK)
-                self.ids.reverse()
-            match_id = self.ids.pop()
-            self.matches.append(
-                (
-                    match_id,
-                    run.institution.pk,
-                    group.rule,
-                    group.key,
-                    run.now,
-                    run.matched_by.pk if run.matched_by is not None else None,
-                    group.lines_fen,
-                    group.entries_fen,
-                )
-            )
-            self.lines.extend((match_id, line_id, amount) for line_id, amount in group.lines)
-            self.entries.extend((match_id, p, e, amount) for p, e, amount in group.items)
-        if group.difference_fen != 0:
+        if not self.ids:
+            self.flush()
+            self.ids = reserve_ids(Match, WRITE_CHUNK)
+            self.ids.reverse()
+        match_id = self.ids.pop()
+        by = run.matched_by.pk if run.matched_by is not None else None
+        self.matches.append(
+            (match_id, run.institution.pk, group.rule, group.key, run.now, by, lines_fen, entries_fen)
+        )
+        self.lines.extend((match_id, line_id, amount) for line_id, amount in group.lines)
+        self.entries.extend((match_id, p, e, amount) for p, e, amount in group.items)
+        if entries_fen != lines_fen:
             group.key = f"{group.key}#{match_id}"
             self.difference_groups.append(group)
-        for line_id, twin in group.duplicates:
-            run.used_lines.add(line_id)
-            self.duplicates.append((line_id, twin))
+        self.duplicates.extend(group.duplicates)
 
     def flush(self) -> None:
-        if self.run.dry_run or not self.matches:
+        if not self.matches:
             return
         insert_rows(
             Match,
@@ -505,6 +537,54 @@ class _Writer:
         insert_rows(MatchLine, ("match_id", "line_id", "amount_fen"), self.lines)
         insert_rows(MatchEntry, ("match_id", "posting_id", "entry_id", "amount_fen"), self.entries)
         self.matches, self.lines, self.entries = [], [], []
+
+
+# The common case of a reference pass, set-wise (PostgreSQL): keys held by exactly one remaining line and one
+# remaining posting of the same amount become matches; their rows leave the working tables.
+_PAIRS_SQL = """
+WITH l AS (
+    SELECT {line_key} AS k, min(line_id) AS line_id, min(amount) AS amount
+    FROM {lines} WHERE {line_key} <> '' GROUP BY {line_key} HAVING count(*) = 1
+), i AS (
+    SELECT {item_key} AS k, min(posting_id) AS posting_id, min(entry_id) AS entry_id, min(amount) AS amount
+    FROM {items} WHERE {item_key} IS NOT NULL GROUP BY {item_key} HAVING count(*) = 1
+), pairs AS MATERIALIZED (
+    SELECT nextval(%(sequence)s::regclass) AS match_id, l.k, l.line_id, i.posting_id, i.entry_id, l.amount
+    FROM l JOIN i ON i.k = l.k AND i.amount = l.amount
+), m AS (
+    INSERT INTO {match} (id, institution_id, rule, key, matched_at, matched_by_id, lines_fen, entries_fen)
+    SELECT match_id, %(institution)s, %(rule)s, %(prefix)s || k, %(now)s, %(by)s, amount, amount FROM pairs
+), ml AS (
+    INSERT INTO {match_line} (match_id, line_id, amount_fen) SELECT match_id, line_id, amount FROM pairs
+), me AS (
+    INSERT INTO {match_entry} (match_id, posting_id, entry_id, amount_fen)
+    SELECT match_id, posting_id, entry_id, amount FROM pairs
+), dl AS (
+    DELETE FROM {lines} t USING pairs p WHERE t.line_id = p.line_id
+), di AS (
+    DELETE FROM {items} t USING pairs p WHERE t.posting_id = p.posting_id
+)
+SELECT count(*) FROM pairs
+"""
+
+
+def _proposals(institution_id: int, at: datetime) -> list[Group]:
+    """The first matches this run made, as groups (what a dry run shows before it is taken back)."""
+    found = list(
+        Match.objects.filter(institution_id=institution_id, matched_at=at)
+        .order_by("pk")
+        .values_list("pk", "rule", "key")[:PROPOSALS_KEPT]
+    )
+    groups = {pk: Group(rule, key) for pk, rule, key in found}
+    for match_id, line_id, amount in MatchLine.objects.filter(match_id__in=groups).values_list(
+        "match_id", "line_id", "amount_fen"
+    ):
+        groups[match_id].lines.append((line_id, amount))
+    for match_id, posting_id, entry_id, amount in MatchEntry.objects.filter(match_id__in=groups).values_list(
+        "match_id", "posting_id", "entry_id", "amount_fen"
+    ):
+        groups[match_id].items.append((posting_id, entry_id, amount))
+    return [groups[pk] for pk, _, _ in found]
 
 
 # --- reference groups -----------------------------------------------------------------------------------
@@ -527,21 +607,47 @@ def _stream(sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
             yield from rows
 
 
-def _groups(
-    rows: Iterator[tuple[Any, ...]], used_lines: set[int], used_items: set[int]
-) -> Iterator[_KeyGroup]:
-    current: _KeyGroup | None = None
-    for key, line_id, line_amount, posting_id, entry_id, item_amount in rows:
-        if current is None or key != current.key:
-            if current is not None and current.lines and current.items:
-                yield current
-            current = _KeyGroup(key)
-        if line_id not in used_lines:
-            current.lines.setdefault(line_id, line_amount)
-        if posting_id not in used_items:
-            current.items.setdefault(posting_id, (entry_id, item_amount))
-    if current is not None and current.lines and current.items:
-        yield current
+def _by_key(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+    """Consecutive rows with the same first column, as (key, the rest of each row)."""
+    key: str | None = None
+    rest: list[tuple[Any, ...]] = []
+    for row in rows:
+        if row[0] != key:
+            if key is not None:
+                yield key, rest
+            key, rest = row[0], []
+        rest.append(row[1:])
+    if key is not None:
+        yield key, rest
+
+
+def _zip_groups(lines: Iterator[tuple[Any, ...]], items: Iterator[tuple[Any, ...]]) -> Iterator[_KeyGroup]:
+    """Both streams hold the same keys in the same (bytewise) order: pair their groups."""
+    for (line_key, line_rows), (item_key, item_rows) in zip(_by_key(lines), _by_key(items), strict=True):
+        if line_key != item_key:
+            raise RuntimeError(f"reference streams out of step: {line_key!r} against {item_key!r}")
+        group = _KeyGroup(line_key)
+        for line_id, amount in line_rows:
+            group.lines.setdefault(line_id, amount)
+        for posting_id, entry_id, amount in item_rows:
+            group.items.setdefault(posting_id, (entry_id, amount))
+        yield group
+
+
+def _discard(table: str, column: str, ids: Sequence[int]) -> None:
+    """Remove matched rows from a working table, so later passes do not see them."""
+    if not ids:
+        return
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute(
+                f"DELETE FROM {table} t USING unnest(%s::bigint[]) AS d(id) WHERE t.{column} = d.id",
+                [list(ids)],
+            )
+            return
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            cursor.execute(f"DELETE FROM {table} WHERE {column} IN ({', '.join(['%s'] * len(chunk))})", chunk)
 
 
 def _settle(group: _KeyGroup, how: str) -> Group:
