@@ -62,7 +62,6 @@ def login_view(request: HttpRequest) -> HttpResponse:
         request,
         "custody/web/login.html",
         {"form": form, "next": _next_url(request) or "", "otp_needed": bool(request.GET.get("otp"))},
-        status=400 if form.errors else 200,
     )
 
 

@@ -44,6 +44,25 @@ def apply_error(
     form.add_error(target, ValidationError(error.message, code=getattr(error, "code", "custody_error")))
 
 
+def _labels(choices: list[tuple[str, str]]) -> Any:
+    """A model's bilingual choice labels, shown in the page's language (chosen when the form is built)."""
+
+    def localised() -> list[tuple[str, str]]:
+        from custody.web.templatetags import label
+
+        return [(value, label(text)) for value, text in choices]
+
+    return localised
+
+
+class WebForm(forms.Form):
+    """Labels without Django's trailing colon (the pages put each label above its field)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+
 def _text(label: Any, *, max_length: int, required: bool = True, **kwargs: Any) -> forms.CharField:
     return forms.CharField(label=label, max_length=max_length, required=required, **kwargs)
 
@@ -63,7 +82,12 @@ class YuanField(forms.DecimalField):
 
 
 class DateInput(forms.DateInput):
+    """An HTML date input: its value is always ISO (yyyy-mm-dd), whatever the page's locale formats say."""
+
     input_type = "date"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="%Y-%m-%d", **kwargs)
 
 
 class DateTimeInput(forms.DateTimeInput):
@@ -76,7 +100,7 @@ class DateTimeInput(forms.DateTimeInput):
 # --- sign-in ----------------------------------------------------------------------------------------------
 
 
-class LoginForm(forms.Form):
+class LoginForm(WebForm):
     username = _text(_("用户名"), max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"}))
     password = forms.CharField(
         label=_("密码"),
@@ -96,7 +120,7 @@ class LoginForm(forms.Form):
 # --- parents ----------------------------------------------------------------------------------------------
 
 
-class DisputeForm(forms.Form):
+class DisputeForm(WebForm):
     reason = _text(
         _("异议理由"),
         max_length=500,
@@ -105,7 +129,7 @@ class DisputeForm(forms.Form):
     )
 
 
-class RefundClaimForm(forms.Form):
+class RefundClaimForm(WebForm):
     note = _text(
         _("退费说明（可选）"), max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2})
     )
@@ -116,17 +140,17 @@ class RefundClaimForm(forms.Form):
 # --- institutions -----------------------------------------------------------------------------------------
 
 
-class CourseForm(forms.Form):
+class CourseForm(WebForm):
     name = _text(_("课程名称"), max_length=200)
     subject = _text(_("科目"), max_length=50, help_text=_("如：数学、英语、美术"))
-    category = forms.ChoiceField(label=_("培训类别"), choices=TrainingCategory.choices)
-    class_size_band = forms.ChoiceField(label=_("班型"), choices=ClassSizeBand.choices)
-    mode = forms.ChoiceField(label=_("授课方式"), choices=TeachingMode.choices)
+    category = forms.ChoiceField(label=_("培训类别"), choices=_labels(TrainingCategory.choices))
+    class_size_band = forms.ChoiceField(label=_("班型"), choices=_labels(ClassSizeBand.choices))
+    mode = forms.ChoiceField(label=_("授课方式"), choices=_labels(TeachingMode.choices))
     price_per_hour = YuanField(label=_("课时单价（元）"))
-    starts_on = forms.DateField(label=_("开课日期"), widget=DateInput())
+    starts_on = forms.DateField(label=_("开课日期"), widget=DateInput(), input_formats=["%Y-%m-%d"])
 
 
-class EnrolForm(forms.Form):
+class EnrolForm(WebForm):
     """Sign up a student (报名): the guardian, the student and the contract, all or nothing."""
 
     guardian_name = _text(_("家长姓名"), max_length=50)
@@ -143,15 +167,17 @@ class EnrolForm(forms.Form):
     paid_hours = forms.IntegerField(label=_("购买课时"), min_value=1, max_value=10_000)
     gift_hours = forms.IntegerField(label=_("赠送课时"), min_value=0, max_value=10_000, initial=0)
     amount = YuanField(label=_("合同金额（元）"))
-    service_starts_on = forms.DateField(label=_("服务开始日期"), widget=DateInput())
-    service_ends_on = forms.DateField(label=_("服务结束日期"), widget=DateInput())
+    service_starts_on = forms.DateField(
+        label=_("服务开始日期"), widget=DateInput(), input_formats=["%Y-%m-%d"]
+    )
+    service_ends_on = forms.DateField(label=_("服务结束日期"), widget=DateInput(), input_formats=["%Y-%m-%d"])
 
     def __init__(self, *args: Any, courses: list[tuple[int, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["course"].choices = courses  # type: ignore[attr-defined]
 
 
-class ClassLessonsForm(forms.Form):
+class ClassLessonsForm(WebForm):
     """Record one class's lesson for the students who attended (one lesson per contract, all or none)."""
 
     held_at = forms.DateTimeField(
@@ -168,7 +194,7 @@ class ClassLessonsForm(forms.Form):
         self.fields["contracts"].choices = contracts  # type: ignore[attr-defined]
 
 
-class RefundAnswerForm(forms.Form):
+class RefundAnswerForm(WebForm):
     approve = forms.TypedChoiceField(
         label=_("答复"),
         coerce=lambda value: value == "yes",
@@ -178,7 +204,7 @@ class RefundAnswerForm(forms.Form):
     reason = _text(_("拒绝理由"), max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
 
-class ResolveDisputeForm(forms.Form):
+class ResolveDisputeForm(WebForm):
     release = forms.TypedChoiceField(
         label=_("处理结果"),
         coerce=lambda value: value == "release",
@@ -191,17 +217,24 @@ class ResolveDisputeForm(forms.Form):
 # --- regulators -------------------------------------------------------------------------------------------
 
 
-class ReasonForm(forms.Form):
+class ReasonForm(WebForm):
     reason = _text(_("理由"), max_length=500, widget=forms.Textarea(attrs={"rows": 2}))
 
 
-class ClosureForm(forms.Form):
-    mode = forms.ChoiceField(label=_("停办方式"), choices=ClosureMode.choices, widget=forms.RadioSelect)
+class ClosureForm(WebForm):
+    mode = forms.ChoiceField(
+        label=_("停办方式"),
+        choices=[
+            (ClosureMode.PLANNED, _("计划停办（公告期后退费）")),
+            (ClosureMode.ABNORMAL, _("异常停办（立即冻结并退费）")),
+        ],
+        widget=forms.RadioSelect,
+    )
     reason = _text(_("理由"), max_length=500, widget=forms.Textarea(attrs={"rows": 2}))
     confirm = forms.BooleanField(label=_("我确认：机构将被冻结或进入停办，家长的未消费金额将退回"))
 
 
-class AlertTransitionForm(forms.Form):
+class AlertTransitionForm(WebForm):
     to_state = forms.ChoiceField(
         label=_("处理"),
         choices=[
@@ -216,7 +249,7 @@ class AlertTransitionForm(forms.Form):
     )
 
 
-class BreakActionForm(forms.Form):
+class BreakActionForm(WebForm):
     action = forms.ChoiceField(
         label=_("操作"),
         choices=(("assign", _("由我处理")), ("comment", _("添加备注")), ("resolve", _("确认无需调账并解决"))),
@@ -225,12 +258,12 @@ class BreakActionForm(forms.Form):
     note = _text(_("说明"), max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
 
-class DayForm(forms.Form):
-    day = forms.DateField(label=_("业务日期"), widget=DateInput())
+class DayForm(WebForm):
+    day = forms.DateField(label=_("业务日期"), widget=DateInput(), input_formats=["%Y-%m-%d"])
 
 
-class ExportForm(forms.Form):
-    day = forms.DateField(label=_("业务日期"), widget=DateInput())
+class ExportForm(WebForm):
+    day = forms.DateField(label=_("业务日期"), widget=DateInput(), input_formats=["%Y-%m-%d"])
     institution = forms.TypedChoiceField(label=_("范围"), coerce=int, required=False, empty_value=None)
 
     def __init__(self, *args: Any, institutions: list[tuple[int, str]], **kwargs: Any) -> None:
@@ -263,8 +296,8 @@ POLICY_BOOLEANS: dict[str, Any] = {
 }
 
 
-class PolicyForm(forms.Form):
-    release_cadence = forms.ChoiceField(label=_("拨付周期"), choices=ReleaseCadence.choices)
+class PolicyForm(WebForm):
+    release_cadence = forms.ChoiceField(label=_("拨付周期"), choices=_labels(ReleaseCadence.choices))
     note = _text(_("修改说明"), max_length=500, widget=forms.Textarea(attrs={"rows": 2}))
 
     def __init__(self, *args: Any, bands: list[tuple[str, str, str]], **kwargs: Any) -> None:

@@ -160,7 +160,6 @@ def courses(request: HttpRequest) -> HttpResponse:
     can = _can(request)
     initial = {"category": institution.category, "starts_on": timezone.localdate() + timedelta(days=14)}
     form = CourseForm(request.POST or None, initial=initial)
-    status = 200
     if request.method == "POST":
         if not can["manage"]:
             return refused(request, _("只有机构负责人可以发布课程。"))
@@ -172,7 +171,6 @@ def courses(request: HttpRequest) -> HttpResponse:
             else:
                 messages.success(request, _("课程“%(name)s”已发布。") % {"name": course.name})
                 return redirect("web:institution-courses")
-        status = 400
     data = form.data if form.is_bound else form.initial
     cap_text = _cap_text(
         institution,
@@ -190,7 +188,6 @@ def courses(request: HttpRequest) -> HttpResponse:
             "cap_text": cap_text,
             "can": can,
         },
-        status=status,
     )
 
 
@@ -208,7 +205,6 @@ def enrol(request: HttpRequest) -> HttpResponse:
     course_list = list(Course.objects.filter(institution=institution, published=True).order_by("name", "pk"))
     choices = [(c.pk, f"{c.name} · {format_yuan(c.price_per_hour_fen)}/h") for c in course_list]
     form = EnrolForm(request.POST or None, courses=choices)
-    status = 200
     if request.method == "POST":
         if not can["manage"]:
             return refused(request, _("只有机构负责人可以为学生报名。"))
@@ -221,13 +217,11 @@ def enrol(request: HttpRequest) -> HttpResponse:
                     % {"number": contract.number, "amount": format_yuan(contract.amount_fen)},
                 )
                 return redirect("web:institution-home")
-        status = 400
     policy = current_policy(institution.jurisdiction)
     return render(
         request,
         "custody/web/institutions/enrol.html",
         {"institution": institution, "form": form, "policy": policy, "can": can},
-        status=status,
     )
 
 
@@ -308,7 +302,6 @@ def lessons(request: HttpRequest) -> HttpResponse:
         "batch": uuid.uuid4().hex,
     }
     form = ClassLessonsForm(request.POST or None, initial=initial, contracts=choices)
-    status = 200
     if request.method == "POST":
         if not can["teach"]:
             return refused(request, _("只有教师或机构负责人可以登记课时。"))
@@ -337,7 +330,6 @@ def lessons(request: HttpRequest) -> HttpResponse:
                     _("已登记 %(count)s 名学生的课时，等待家长确认。") % {"count": len(recorded)},
                 )
                 return redirect(f"{request.path}?course={course.pk if course else ''}")
-        status = 400
     context: dict[str, Any] = {
         "course_list": course_list,
         "course": course,
@@ -351,7 +343,7 @@ def lessons(request: HttpRequest) -> HttpResponse:
     }
     if is_htmx(request) and request.method == "GET":
         return render(request, "custody/web/institutions/_class_form.html", context)
-    return render(request, "custody/web/institutions/lessons.html", context, status=status)
+    return render(request, "custody/web/institutions/lessons.html", context)
 
 
 @role_required(IsInstitutionStaff)

@@ -145,7 +145,6 @@ def lesson_dispute(request: HttpRequest, pk: int) -> HttpResponse:
             request,
             "custody/web/parents/contract.html",
             _contract_context(request, contract, dispute_form=form, disputing=lesson.pk),
-            status=400,
         )
     return _lesson_answer(request, lesson, form=form)
 
@@ -168,7 +167,7 @@ def refund_claim(request: HttpRequest, pk: int) -> HttpResponse:
             messages.success(request, _("退费申请已提交，机构须在规定工作日内答复，逾期视为同意。"))
             return redirect("web:parent-contract", pk=contract.pk)
     context = _contract_context(request, contract, claim_form=form)
-    return render(request, "custody/web/parents/contract.html", context, status=400)
+    return render(request, "custody/web/parents/contract.html", context)
 
 
 @role_required(IsParent)

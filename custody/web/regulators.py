@@ -205,8 +205,8 @@ def institution(request: HttpRequest, pk: int) -> HttpResponse:
         if found.cash_account_id
         else [],
         "alerts": RiskAlert.objects.filter(institution=found).order_by("-raised_at")[:10],
-        "reason_form": ReasonForm(),
-        "closure_form": ClosureForm(),
+        "reason_form": ReasonForm(auto_id="freeze_%s"),
+        "closure_form": ClosureForm(auto_id="closure_%s"),
         **_closure_context(found),
     }
     return render(request, "custody/web/regulators/institution.html", context)
@@ -223,7 +223,9 @@ def closure_progress(request: HttpRequest, pk: int) -> HttpResponse:
 def _institution_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     found = own_or_404(_scope(request), pk)
     form: ReasonForm | ClosureForm = (
-        ClosureForm(request.POST) if action == "closure" else ReasonForm(request.POST)
+        ClosureForm(request.POST, auto_id="closure_%s")
+        if action == "closure"
+        else ReasonForm(request.POST, auto_id="freeze_%s")
     )
     if form.is_valid():
         try:
@@ -254,12 +256,12 @@ def _institution_action(request: HttpRequest, pk: int, action: str) -> HttpRespo
         "contract_count": Contract.objects.filter(institution=found).count(),
         "postings": [],
         "alerts": [],
-        "reason_form": form if action != "closure" else ReasonForm(),
-        "closure_form": form if action == "closure" else ClosureForm(),
+        "reason_form": form if action != "closure" else ReasonForm(auto_id="freeze_%s"),
+        "closure_form": form if action == "closure" else ClosureForm(auto_id="closure_%s"),
         "failed_action": action,
         **_closure_context(found),
     }
-    return render(request, "custody/web/regulators/institution.html", context, status=400)
+    return render(request, "custody/web/regulators/institution.html", context)
 
 
 @role_required(IsRegulator)
@@ -329,22 +331,19 @@ def alerts(request: HttpRequest) -> HttpResponse:
 def alert_detail(request: HttpRequest, pk: int) -> HttpResponse:
     alert = own_or_404(_alerts(request), pk)
     form = AlertTransitionForm(request.POST or None)
-    status = 200
-    if request.method == "POST":
-        if form.is_valid():
-            try:
-                transition_alert(
-                    alert=alert,
-                    to_state=form.cleaned_data["to_state"],
-                    by=user_of(request),
-                    note=form.cleaned_data["note"],
-                )
-            except CustodyError as exc:
-                apply_error(form, exc, field_map={"to_state": "to_state"})
-            else:
-                messages.success(request, _("预警状态已更新。"))
-                return redirect("web:regulator-alert", pk=alert.pk)
-        status = 400
+    if request.method == "POST" and form.is_valid():
+        try:
+            transition_alert(
+                alert=alert,
+                to_state=form.cleaned_data["to_state"],
+                by=user_of(request),
+                note=form.cleaned_data["note"],
+            )
+        except CustodyError as exc:
+            apply_error(form, exc, field_map={"to_state": "to_state"})
+        else:
+            messages.success(request, _("预警状态已更新。"))
+            return redirect("web:regulator-alert", pk=alert.pk)
     return render(
         request,
         "custody/web/regulators/alert.html",
@@ -355,7 +354,6 @@ def alert_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "resolved": alert.state == AlertState.RESOLVED,
             "evidence": json.dumps(alert.evidence, ensure_ascii=False, indent=2, default=str),
         },
-        status=status,
     )
 
 
@@ -388,23 +386,20 @@ def breaks(request: HttpRequest) -> HttpResponse:
 def break_detail(request: HttpRequest, pk: int) -> HttpResponse:
     item = own_or_404(_breaks(request), pk)
     form = BreakActionForm(request.POST or None)
-    status = 200
-    if request.method == "POST":
-        if form.is_valid():
-            action, note, user = form.cleaned_data["action"], form.cleaned_data["note"], user_of(request)
-            try:
-                if action == "assign":
-                    assign_break(item=item, assignee=user, by=user)
-                elif action == "comment":
-                    comment_on_break(item=item, by=user, note=note)
-                else:
-                    resolve_break(item=item, by=user, resolution=note)
-            except (CustodyError, ReconciliationError) as exc:
-                apply_error(form, exc)
+    if request.method == "POST" and form.is_valid():
+        action, note, user = form.cleaned_data["action"], form.cleaned_data["note"], user_of(request)
+        try:
+            if action == "assign":
+                assign_break(item=item, assignee=user, by=user)
+            elif action == "comment":
+                comment_on_break(item=item, by=user, note=note)
             else:
-                messages.success(request, _("已记录。"))
-                return redirect("web:regulator-break", pk=item.pk)
-        status = 400
+                resolve_break(item=item, by=user, resolution=note)
+        except (CustodyError, ReconciliationError) as exc:
+            apply_error(form, exc)
+        else:
+            messages.success(request, _("已记录。"))
+            return redirect("web:regulator-break", pk=item.pk)
     return render(
         request,
         "custody/web/regulators/break.html",
@@ -414,7 +409,6 @@ def break_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "form": form,
             "details": json.dumps(item.details, ensure_ascii=False, indent=2, default=str),
         },
-        status=status,
     )
 
 
@@ -444,7 +438,6 @@ def reconciliation(request: HttpRequest) -> HttpResponse:
             "tie_outs": recent[:60],
             "open_breaks": _breaks(request).exclude(state=BreakState.RESOLVED).count(),
         },
-        status=400 if form.errors else 200,
     )
 
 
@@ -497,26 +490,23 @@ def policy(request: HttpRequest) -> HttpResponse:
     jurisdiction = _jurisdiction(request)
     current = current_policy(jurisdiction)
     form = PolicyForm(request.POST or None, initial=_policy_initial(current), bands=_BANDS)
-    status = 200
-    if request.method == "POST":
-        if form.is_valid():
-            changes, prices = _policy_changes(form, current)
-            try:
-                published = publish_policy(
-                    jurisdiction=jurisdiction,
-                    changes=changes,
-                    changed_by=user_of(request),
-                    note=form.cleaned_data["note"],
-                    guidance_prices=prices,
-                )
-            except CustodyError as exc:
-                field_map = {name: name for name in form.fields}
-                field_map.update({"changes": "note", "guidance_prices": "note"})
-                apply_error(form, exc, field_map=field_map)
-            else:
-                messages.success(request, _("已发布第 %(version)s 版政策。") % {"version": published.version})
-                return redirect("web:regulator-policy")
-        status = 400
+    if request.method == "POST" and form.is_valid():
+        changes, prices = _policy_changes(form, current)
+        try:
+            published = publish_policy(
+                jurisdiction=jurisdiction,
+                changes=changes,
+                changed_by=user_of(request),
+                note=form.cleaned_data["note"],
+                guidance_prices=prices,
+            )
+        except CustodyError as exc:
+            field_map = {name: name for name in form.fields}
+            field_map.update({"changes": "note", "guidance_prices": "note"})
+            apply_error(form, exc, field_map=field_map)
+        else:
+            messages.success(request, _("已发布第 %(version)s 版政策。") % {"version": published.version})
+            return redirect("web:regulator-policy")
     versions = list(
         Policy.objects.filter(jurisdiction=jurisdiction)
         .select_related("created_by")
@@ -542,7 +532,6 @@ def policy(request: HttpRequest) -> HttpResponse:
             "labels": labels,
             "yuan_fields": list(POLICY_YUAN),
         },
-        status=status,
     )
 
 
@@ -600,9 +589,7 @@ def exports(request: HttpRequest) -> HttpResponse:
             },
         )
         return redirect("web:regulator-job", job_id=job["id"])
-    return render(
-        request, "custody/web/regulators/exports.html", {"form": form}, status=400 if form.errors else 200
-    )
+    return render(request, "custody/web/regulators/exports.html", {"form": form})
 
 
 def _own_job(request: HttpRequest, job_id: str) -> dict[str, Any]:
