@@ -34,7 +34,7 @@ migrate: install
 # Loads the demo district when the seed_demo command exists; its own errors are not swallowed.
 seed: migrate
 	@if $(BIN)/python manage.py help seed_demo >/dev/null 2>&1; then \
-		$(BIN)/python manage.py seed_demo; \
+		$(BIN)/python manage.py seed_demo --if-empty; \
 	else \
 		echo "seed_demo is not available yet; skipping demo data"; \
 	fi
