@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -192,3 +193,35 @@ def test_wechat_payments_wait_in_clearing_until_their_settlement_arrives(
     with pytest.raises(NotFound):
         settle_payments(channel="wechat", transaction_ids=["4200000001", "4200999999"])
     assert ledger_rows() == rows
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_same_callback_racing_on_two_connections_is_recorded_once(
+    make_contract: ContractFactory, bank_callback: BankCallbackFactory
+) -> None:
+    contract = make_contract()
+    callbacks = [bank_callback(contract, txn="BK-RACE") for _ in range(2)]
+    barrier = threading.Barrier(2)
+    results: list[object] = []
+
+    def deliver(callback: object) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results.append(callback.send())  # type: ignore[attr-defined]
+        except BaseException as error:
+            results.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=deliver, args=(c,)) for c in callbacks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert all(isinstance(r, Payment) for r in results), results
+    assert len({r.pk for r in results}) == 1  # type: ignore[attr-defined]
+    assert Payment.objects.count() == 1
+    assert posted(prepaid(contract)) == 160_000
+    assert sorted(CallbackLog.objects.values_list("outcome", flat=True)) == ["accepted", "replay"]
