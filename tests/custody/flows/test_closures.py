@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -95,7 +96,7 @@ def test_an_abnormal_closure_refunds_every_contract_once_and_closes_the_institut
         assert (refund.reason, refund.approved_by) == (RefundReason.CLOSURE, "closure")
         assert (refund.amount_fen, refund.paid_hours, refund.state) == (amount, hours, RefundState.INSTRUCTED)
         assert refund.idempotency_key == f"closure:{closure.pk}:contract:{contract.pk}"
-        assert refund.entry.idempotency_key == refund.idempotency_key
+        assert refund.entry is not None and refund.entry.idempotency_key == refund.idempotency_key
         assert posted(prepaid(contract)) == 0  # invariant 10
         assert posted(refund_payable(contract)) == amount
         assert Contract.objects.get(pk=contract.pk).state == ContractState.REFUNDED
@@ -154,11 +155,11 @@ def test_a_run_interrupted_between_batches_resumes_without_refunding_twice(
     real = closures._create_refunds
     calls = []
 
-    def crash_on_second_batch(*args: object, **kwargs: object) -> int:
+    def crash_on_second_batch(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("worker killed")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(closures, "_create_refunds", crash_on_second_batch)
     with pytest.raises(RuntimeError):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
+from django.db.models import Q
 
 from custody.errors import IllegalTransition, RuleViolation
 from custody.models import ConfirmedBy, Contract, ContractState, Lesson, LessonState
@@ -42,6 +43,12 @@ def lesson(contract: Contract, key: str, *, hours: int = 1, held_at: datetime | 
     return NewLesson(contract=contract, held_at=held_at or clock.now(), hours=hours, idempotency_key=key)
 
 
+def lesson_hold(held: Lesson) -> Q:
+    """The lookup of a lesson's hold (a paid lesson always has one)."""
+    assert held.pending_transfer_id is not None
+    return Q(pk=held.pending_transfer_id)
+
+
 @pytest.fixture
 def three_hour_contract(make_contract: ContractFactory, pay: Callable[[Contract], Contract]) -> Contract:
     """100.00 yuan for 3 paid hours: the exact schedule releases 33.33, 33.33, 33.34."""
@@ -61,7 +68,7 @@ def test_lessons_hold_the_exact_schedule_and_confirmation_releases_it(three_hour
     assert available(prepaid(contract)) == 0
     assert pending(prepaid(contract)) == (10_000, 0)
     assert pending(payable(institution)) == (0, 10_000)
-    assert PendingTransfer.objects.get(pk=lessons[0].pending_transfer_id).idempotency_key == (
+    assert PendingTransfer.objects.get(lesson_hold(lessons[0])).idempotency_key == (
         f"lesson:{lessons[0].pk}:hold"
     )
     assert Contract.objects.get(pk=contract.pk).hours_pending == 3
@@ -208,7 +215,7 @@ def test_a_dispute_stops_the_clock_until_it_is_resolved(paid_contract: Contract)
     resolve_dispute(lesson=upheld, release=False, note="机构认可 institution agrees", by="institution")
     voided = Lesson.objects.get(pk=upheld.pk)
     assert voided.state == LessonState.VOIDED
-    assert PendingTransfer.objects.get(pk=voided.pending_transfer_id).state == "voided"
+    assert PendingTransfer.objects.get(lesson_hold(voided)).state == "voided"
     assert available(prepaid(paid_contract)) == 152_000  # the voided hour's value is back
     stored = Contract.objects.get(pk=paid_contract.pk)
     assert (stored.hours_pending, stored.hours_consumed, stored.remaining_hours) == (0, 1, 19)

@@ -77,7 +77,7 @@ def test_a_refund_after_the_start_pays_back_the_unconsumed_paid_hours_by_the_sch
     assert approved.payout_due == date(2024, 4, 1)  # 10 working days after Monday 18 March
     assert posted(prepaid(contract)) == 0
     assert posted(refund_payable(contract)) == 6_667
-    assert approved.entry.idempotency_key == f"refund:{approved.pk}:approve"
+    assert approved.entry is not None and approved.entry.idempotency_key == f"refund:{approved.pk}:approve"
     stored = Contract.objects.get(pk=contract.pk)
     assert (stored.state, stored.paid_hours_refunded) == (ContractState.REFUNDED, 2)
 

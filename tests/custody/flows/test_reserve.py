@@ -132,7 +132,9 @@ def test_a_closure_pays_refunds_from_the_reserve_pro_rata_and_reports_the_shortf
     finished = run_closure(closure=closure)
 
     assert finished.state == ClosureState.COMPLETED
-    payouts = {p.refund.contract_id: p for p in PayoutInstruction.objects.select_related("refund")}
+    payouts = {
+        p.refund.contract_id: p for p in PayoutInstruction.objects.select_related("refund") if p.refund
+    }
     # 1,200.00 shared over refunds of 1,600.00 and 800.00: two thirds each.
     assert (payouts[big.pk].amount_fen, payouts[small.pk].amount_fen) == (80_000, 40_000)
     assert posted(f"reserve_cash:i{reserve_institution.pk}") == 120_000  # held until the bank pays

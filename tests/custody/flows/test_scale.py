@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from django.db import connection
@@ -183,7 +184,7 @@ def test_100k_lessons_auto_confirm_and_release_into_500_payouts_within_15_second
         recording += timed(
             f"record 10,000 lessons (round {round_})",
             record_property,
-            lambda r=round_: record_one_lesson_each(contract_ids, round_=r),
+            partial(record_one_lesson_each, contract_ids, round_=round_),
         )
     print(f"recording 100,000 lessons: {recording:.2f} s")
     assert Lesson.objects.filter(state=LessonState.PENDING).count() == 100_000
