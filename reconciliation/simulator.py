@@ -118,6 +118,7 @@ class Booking:
     source: str  # payment, settlement, payout, refund, batch, fee, unknown
     serial: str = ""  # assigned when the day closes (a bank-channel payment keeps its transaction id)
     batch: bool = False
+    late: bool = False  # carried from the day before (a late_settlement fault)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class CustodyBankSimulator:
         self._carried: list[Booking] = []  # booked late: on the next day
         self._today: date | None = None
         self._bookings: list[Booking] = []
+        self._faults: list[Fault] = []
 
     # --- the day ----------------------------------------------------------------------------------------
 
@@ -200,6 +202,7 @@ class CustodyBankSimulator:
         opens_at = _tick(ledger_clock_now())
         self._today = day
         self._bookings = []
+        self._faults = list(faults)
         try:
             with clock.frozen_at(datetime(day.year, day.month, day.day, 9, 0, tzinfo=SHANGHAI)):
                 yield self
@@ -208,10 +211,20 @@ class CustodyBankSimulator:
                 if settle_channels:
                     self.settle_channels()
                 self._book_bank_payments()
-            self._close(day, faults)
+            self._close(day, self._faults)
             record_day_cut(day=day, opens_at=opens_at, closes_at=_tick(ledger_clock_now()), note="simulator")
         finally:
             self._today = None
+
+    def fault(self, fault: Fault) -> None:
+        """Add a fault to the open day (after seeing what the day booked, say)."""
+        self._require_day()
+        self._faults.append(fault)
+
+    def bookings_today(self) -> list[Booking]:
+        """What the bank has booked so far today (late bookings from yesterday included), in order."""
+        self._require_day()
+        return self._carried + self._bookings
 
     def _require_day(self) -> date:
         if self._today is None:
@@ -441,6 +454,8 @@ class CustodyBankSimulator:
                     )
                 elif fault.kind == FaultKind.LATE_SETTLEMENT:
                     bookings = [b for b in bookings if id(b) not in {id(p) for p in parts}]
+                    for part in parts:
+                        part.late = True
                     self._carried.extend(parts)
                     shown.append(
                         (fault.kind, institution_id, target.key, None, sum(p.amount_fen for p in parts))
@@ -478,7 +493,9 @@ class CustodyBankSimulator:
                 f"no booking {fault.target!r} of institution {institution_id} today to fault"
             )
         eligible = [
-            b for b in candidates if not b.batch and b.source in ("payment", "settlement", "payout", "refund")
+            b
+            for b in candidates
+            if not b.batch and not b.late and b.source in ("payment", "settlement", "payout", "refund")
         ]
         if not eligible:
             raise SimulatorError(f"institution {institution_id} has no booking left today for {fault.kind}")
