@@ -243,7 +243,7 @@ def record_payout_result(
                 # in its hold's metadata (PayoutInstruction.refund is one-to-one, so it is detached here).
                 _advance_refund(refund, RefundState.APPROVED)
                 payout.refund = None
-        payout.save()
+        payout.save(update_fields=["state", "executed_at", "bank_reference", "failure_reason", "refund"])
     return payout
 
 
