@@ -1,0 +1,74 @@
+"""Pieces of the web layer that need no browser: demo mode is off without DEBUG, domain errors land beside the
+field they name, money and bilingual labels render as the pages show them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.utils import translation
+
+from custody.errors import RuleViolation
+from custody.web.forms import CourseForm, EnrolForm, apply_error
+from custody.web.templatetags import format_yuan, label
+from reconciliation.errors import ReconciliationError
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(("debug", "demo_mode"), [(False, True), (True, False), (False, False)])
+def test_one_click_demo_logins_exist_only_with_debug_and_demo_mode(
+    settings: Any, debug: bool, demo_mode: bool
+) -> None:
+    settings.DEBUG = debug
+    settings.DEMO_MODE = demo_mode
+    client = Client()
+    assert client.post("/demo/login/", {"role": "regulator"}).status_code == 404
+    page = client.get("/").content.decode()
+    assert 'action="/demo/login/"' not in page
+
+
+def test_demo_login_without_demo_users_says_how_to_seed(settings: Any) -> None:
+    settings.DEBUG = True
+    settings.DEMO_MODE = True
+    client = Client()
+    assert 'action="/demo/login/"' in client.get("/").content.decode()
+    response = client.post("/demo/login/", {"role": "parent"}, follow=True)
+    assert "make seed" in response.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
+def test_a_rule_violation_lands_beside_the_field_it_names() -> None:
+    form = CourseForm(data={})
+    form.is_valid()
+    apply_error(
+        form, RuleViolation("guidance_price", "课时单价超过上限 above the cap", field="price_per_hour")
+    )
+    assert "课时单价超过上限 above the cap" in form.errors["price_per_hour"]
+
+
+def test_a_service_field_is_renamed_and_an_unknown_field_goes_above_the_form() -> None:
+    form = EnrolForm(data={}, courses=[(1, "数学")])
+    form.is_valid()
+    apply_error(
+        form,
+        RuleViolation("id_number_format", "身份证号码须为18位", field="id_number"),
+        field_map={"id_number": "student_id_number"},
+    )
+    apply_error(form, ReconciliationError("note_required", "须填写备注", field="nowhere"))
+    assert "身份证号码须为18位" in form.errors["student_id_number"]
+    assert "须填写备注" in form.non_field_errors()
+
+
+def test_money_and_labels_render_as_the_pages_show_them() -> None:
+    assert format_yuan(123450) == "¥1,234.50"
+    assert format_yuan(-1) == "-¥0.01"
+    assert format_yuan(0) == "¥0.00"
+    assert format_yuan(None) == "—"
+    with translation.override("zh-hans"):
+        assert label("待确认 awaiting confirmation") == "待确认"
+        assert label("小班 <10") == "小班 <10"
+    with translation.override("en"):
+        assert label("待确认 awaiting confirmation") == "awaiting confirmation"
+        assert label("异常停办 abnormal (immediate freeze)") == "abnormal (immediate freeze)"
