@@ -89,7 +89,8 @@ def _figure(value: int, unit: str) -> str:
 
 
 class Notifier(Protocol):
-    """One channel. ``send`` raises on failure; the caller records it and retries on the next scan."""
+    """One channel. ``send`` raises on failure; the caller records it and retries on the next scan. A
+    channel whose ``send`` writes to the database sets ``transactional = True``."""
 
     name: str
 
@@ -102,6 +103,7 @@ class InboxNotifier:
     """站内信 into the jurisdiction's regulators' inbox."""
 
     name = "inbox"
+    transactional = True  # it writes to the database: sent and recorded in one transaction
 
     def send(self, notice: AlertNotice) -> int:
         from custody.models import InboxMessage

@@ -730,41 +730,64 @@ def deliver_notifications(
 ) -> int:
     """Send each unresolved alert (those named, or all) through each channel that has not yet delivered it
     at its current level. A channel's success or failure is recorded as an ``AlertEvent``; failures are
-    retried by the next call (each scan calls this). Returns the number of deliveries made."""
+    retried by the next call (each scan calls this). Returns the number of deliveries made.
+
+    A channel that writes to the database (``transactional``: the inbox) sends all its messages and records
+    them in one transaction, each send in a savepoint, so a message and its record exist together or not at
+    all. Other channels call their gateway outside any transaction (no network call holds a transaction
+    open) and their records are written after; a crash in between re-sends those on the next call
+    (at-least-once)."""
     channels = list(notifiers) if notifiers is not None else configured_notifiers()
     alerts = RiskAlert.objects.filter(state__in=UNRESOLVED).select_related("institution", "jurisdiction")
     if alert_ids is not None:
         alerts = alerts.filter(pk__in=list(alert_ids))
-    alerts = alerts.order_by("pk")
     delivered_before = {
         (alert_id, details.get("channel"), details.get("level"))
         for alert_id, details in AlertEvent.objects.filter(
             alert__in=alerts, action=AlertAction.NOTIFIED
         ).values_list("alert_id", "details")
     }
+    owed: dict[str, list[RiskAlert]] = defaultdict(list)
+    for alert in alerts.order_by("pk"):
+        for channel in channels:
+            if (alert.pk, channel.name, alert.level) not in delivered_before:
+                owed[channel.name].append(alert)
+    notices: dict[int, AlertNotice] = {}
     sent = 0
-    for alert in alerts:
-        due = [c for c in channels if (alert.pk, c.name, alert.level) not in delivered_before]
+    for channel in channels:
+        due = owed.get(channel.name, [])
         if not due:
             continue
-        notice = _notice(alert)
-        for channel in due:
-            details: dict[str, Any] = {"channel": channel.name, "level": alert.level}
-            try:
+        if getattr(channel, "transactional", False):
+            with transaction.atomic():
+                events = _send_all(channel, due, notices, savepoints=True)
+                AlertEvent.objects.bulk_create(events)
+        else:
+            events = _send_all(channel, due, notices, savepoints=False)
+            AlertEvent.objects.bulk_create(events)
+        sent += sum(1 for event in events if event.action == AlertAction.NOTIFIED)
+    return sent
+
+
+def _send_all(
+    channel: Notifier, alerts: list[RiskAlert], notices: dict[int, AlertNotice], *, savepoints: bool
+) -> list[AlertEvent]:
+    events = []
+    for alert in alerts:
+        notice = notices.get(alert.pk) or notices.setdefault(alert.pk, _notice(alert))
+        details: dict[str, Any] = {"channel": channel.name, "level": alert.level}
+        try:
+            if savepoints:
                 with transaction.atomic():
                     details["recipients"] = channel.send(notice)
-                    AlertEvent.objects.create(
-                        alert=alert, at=clock.now(), action=AlertAction.NOTIFIED, details=details
-                    )
-                sent += 1
-            except Exception as exc:  # noqa: BLE001 - any channel's failure is recorded and retried
-                AlertEvent.objects.create(
-                    alert=alert,
-                    at=clock.now(),
-                    action=AlertAction.NOTIFY_FAILED,
-                    details={**details, "error": f"{type(exc).__name__}: {exc}"[:500]},
-                )
-    return sent
+            else:
+                details["recipients"] = channel.send(notice)
+            action = AlertAction.NOTIFIED
+        except Exception as exc:  # noqa: BLE001 - any channel's failure is recorded and retried
+            details["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            action = AlertAction.NOTIFY_FAILED
+        events.append(AlertEvent(alert=alert, at=clock.now(), action=action, details=details))
+    return events
 
 
 # --- the handling workflow ----------------------------------------------------------------------------------
