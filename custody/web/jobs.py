@@ -163,9 +163,16 @@ def _run_export(job: dict[str, Any], progress: _Progress) -> dict[str, Any]:
         "size": destination.stat().st_size,
         "files": sorted(bundle.files),
         "rows": bundle.meta.get("rows", {}),
-        "scope": bundle.meta.get("scope", ""),
+        "scope": _scope_name(bundle.meta.get("scope")),
         "key_id": bundle.key_id,
     }
+
+
+def _scope_name(scope: Any) -> str:
+    """The export's scope as a person reads it (the manifest names it as a small mapping)."""
+    if isinstance(scope, dict):
+        return str(scope.get("institution_name") or scope.get("jurisdiction_name") or scope)
+    return str(scope or "")
 
 
 def _run_reconcile(job: dict[str, Any], progress: _Progress) -> dict[str, Any]:

@@ -84,17 +84,24 @@ def test_regulator_closes_an_institution_and_watches_the_refunds_complete(
     for path, label in (
         ("/regulator/alerts/", "alerts"),
         ("/regulator/breaks/", "breaks"),
-        ("/regulator/reconciliation/", "reconciliation"),
         ("/regulator/policy/", "policy"),
         ("/regulator/checkpoint/", "checkpoint"),
-        ("/regulator/exports/", "exports"),
     ):
         b.visit(path, label)
 
+    # A reconciliation runs as a job and reports its result (no bank statement covers the day here).
+    b.visit("/regulator/reconciliation/", "reconciliation")
+    b.page.get_by_role("button", name="开始对账").click()
+    expect(b.page.locator("#job")).to_have_attribute("data-job-state", "done")
+    expect(b.page.locator("#job")).to_contain_text("没有覆盖该日的银行对账单")
+    b.check("reconciliation-done")
+
     # An export runs (eagerly here) and offers its signed zip.
+    b.visit("/regulator/exports/", "exports")
     b.page.get_by_role("button", name="生成导出").click()
     expect(b.page.locator("#job")).to_have_attribute("data-job-state", "done")
     expect(b.page.get_by_role("link", name="下载 ZIP")).to_be_visible()
+    expect(b.page.locator("#job")).to_contain_text("重庆市渝北区")
     b.check("export-done")
 
     phone = browser_for("regulator", viewport=PHONE)
