@@ -53,7 +53,7 @@ from django.db import connection
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
-from custody.models import Contract, Guardian, Institution, Jurisdiction, Payment
+from custody.models import Contract, Guardian, Institution, Jurisdiction, Payment, SupervisionMode
 from custody.selectors.checkpoints import (
     ContractLiabilityProof,
     checkpoint_file,
@@ -446,7 +446,7 @@ def _reconciliation_table(
         owed[c.institution_id] += books.balance(c.prepaid_account_id) + books.balance(c.refund_account_id)
     tie_outs, breaks = _bank_reconciliation(scope.ids, on_date)
     for institution in scope.institutions:
-        custody = institution.supervision_mode == "custody"
+        custody = institution.supervision_mode == SupervisionMode.CUSTODY
         cash = books.balance(institution.cash_account_id) if custody else 0
         clearing = int(in_clearing.get(institution.pk) or 0)
         total_owed = owed[institution.pk] + books.balance(institution.payable_account_id)
