@@ -24,7 +24,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from custody.models import ApiToken
-from custody.selectors.access import ROLE_RELATIONS, Actor, actor_for
+from custody.selectors.access import Actor, actor_for, token_holder
 from custody.services.access import hash_token, requires_two_factor
 
 ACTOR_ATTRIBUTE = "_custody_actor"
@@ -62,27 +62,25 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "令牌格式错误 malformed token", code="authentication_failed"
             ) from None
-        token = (
-            ApiToken.objects.select_related("user", *(f"user__{name}" for name in ROLE_RELATIONS))
-            .filter(key_hash=hash_token(raw))
-            .first()
-        )
-        if token is None or token.revoked_at is not None or not token.user.is_active:
+        holder = token_holder(hash_token(raw))
+        if holder is None or holder.revoked or not holder.user.is_active:
             raise exceptions.AuthenticationFailed(
                 "令牌无效或已撤销 invalid or revoked token", code="authentication_failed"
             )
-        if token.expires_at <= timezone.now():
+        if holder.expires_at <= timezone.now():
             raise exceptions.AuthenticationFailed(
                 "令牌已过期，请重新登录 the token has expired; sign in again", code="authentication_failed"
             )
-        actor = actor_for(token.user)
-        if actor.two_factor_required and not token.otp_verified:
+        if holder.actor.two_factor_required and not holder.otp_verified:
             raise exceptions.AuthenticationFailed(
                 "该账户须使用经动态口令验证后签发的令牌 this account needs a token issued after a TOTP check",
                 code="otp_required",
             )
-        set_actor(request, actor)
-        return token.user, token
+        set_actor(request, holder.actor)
+        # The token row itself is loaded only if a view asks for it (signing out).
+        token = ApiToken(id=holder.token_id, user_id=holder.user.pk, otp_verified=holder.otp_verified)
+        token._state.adding = False
+        return holder.user, token
 
     def authenticate_header(self, request: Request) -> str:
         return f'{self.keyword} realm="api"'

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db import connection
 from django.db.models import F, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
@@ -57,9 +58,29 @@ class Holdings:
     refund_paid_fen: int
 
 
+# The parent's balance is the API's hottest read: one fixed statement (prepared by psycopg after a few runs),
+# the same figures as ``holdings(Contract.objects.filter(guardian_id=...))``.
+_GUARDIAN_HOLDINGS_SQL = """
+SELECT count(*),
+       COALESCE(SUM(p.credits_posted), 0),
+       COALESCE(SUM(p.credits_posted - p.debits_posted), 0),
+       COALESCE(SUM(p.debits_pending), 0),
+       COALESCE(SUM(p.debits_posted - r.credits_posted), 0),
+       COALESCE(SUM(r.credits_posted), 0),
+       COALESCE(SUM(r.debits_posted), 0)
+FROM custody_contract c
+LEFT JOIN ledger_account p ON p.id = c.prepaid_account_id
+LEFT JOIN ledger_account r ON r.id = c.refund_account_id
+WHERE c.guardian_id = %s
+"""
+
+
 def holdings_of_guardian(guardian_id: int) -> Holdings:
-    """One aggregate query over the guardian's contracts and their two accounts."""
-    return holdings(Contract.objects.filter(guardian_id=guardian_id))
+    """One aggregate statement over the guardian's contracts and their two accounts (index on guardian)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_GUARDIAN_HOLDINGS_SQL, [guardian_id])
+        row = cursor.fetchone()
+    return Holdings(*(int(value or 0) for value in row))
 
 
 def holdings(contracts: QuerySet[Contract]) -> Holdings:

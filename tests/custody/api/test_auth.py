@@ -11,9 +11,8 @@ from django.utils import timezone
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
-from rest_framework.throttling import UserRateThrottle
 
-from custody.api.throttling import PerAddressThrottle
+from custody.api.throttling import PerAddressThrottle, UserThrottle
 from custody.models import ApiToken
 from custody.services.access import hash_token
 from tests.custody.api.conftest import World
@@ -144,9 +143,7 @@ def test_me_names_the_roles_and_scope(world: World) -> None:
 
 
 def test_requests_are_throttled_per_user(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        UserRateThrottle, "THROTTLE_RATES", {**UserRateThrottle.THROTTLE_RATES, "user": "3/min"}
-    )
+    monkeypatch.setattr(UserThrottle, "THROTTLE_RATES", {**UserThrottle.THROTTLE_RATES, "user": "3/min"})
     parent, other = world.client("parent"), world.client("other_parent")
     statuses = [parent.get("/api/v1/parent/balance/").status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
