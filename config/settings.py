@@ -220,10 +220,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "custody.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.UserRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
+        "custody.api.throttling.UserThrottle",
+        "custody.api.throttling.AnonThrottle",
         "custody.api.throttling.PerAddressThrottle",
-        "rest_framework.throttling.ScopedRateThrottle",
+        "custody.api.throttling.ScopedThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "user": env.str("API_THROTTLE_USER", default="1200/min"),
