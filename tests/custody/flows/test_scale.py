@@ -6,9 +6,12 @@
 
 Contracts are set up in bulk (rows, accounts and settled funding through ``ledger.services.post_batch``) since
 signing 10,000 contracts one by one would take minutes; everything timed goes through the real services.
-Before timing, the tables are ANALYZEd: a production database has statistics, while this server runs with
-autovacuum off and a freshly loaded table would otherwise be planned as if empty. Timings are printed
-(``pytest -s``) and attached to the report as properties; the machine is shared, so note its load.
+By default the suite runs a smaller district (20 institutions x 10 contracts x 3 lessons; a 500-contract
+closure) over the same set-based paths with the same assertions but no time budget, so CI stays fast on any
+machine; CUSTODY_FULL_SCALE=1 runs the full sizes and asserts the budgets. The published figures come from
+``make bench`` (bench/bench_custody.py). Before timing, the tables are ANALYZEd: a production database has
+statistics, while this server runs with autovacuum off and a freshly loaded table would otherwise be planned
+as if empty. Timings are printed (``pytest -s``) and attached to the report as properties.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres, pyt
 
 PRICE_FEN = 8_000
 PAID_HOURS = 10
+FULL_SCALE = os.environ.get("CUSTODY_FULL_SCALE") == "1"
+INSTITUTIONS, CONTRACTS_EACH, LESSON_ROUNDS = (500, 20, PAID_HOURS) if FULL_SCALE else (20, 10, 3)
+CLOSURE_CONTRACTS = 10_000 if FULL_SCALE else 500
 
 
 @pytest.fixture(autouse=True)
@@ -173,62 +179,75 @@ def timed(label: str, record_property: Callable[[str, object], None], run: Calla
     return seconds
 
 
-def test_100k_lessons_auto_confirm_and_release_into_500_payouts_within_15_seconds(
+def test_auto_confirm_and_release_at_district_scale(
     make_institution: InstitutionFactory, record_property: Callable[[str, object], None]
 ) -> None:
-    institutions = [make_institution() for _ in range(500)]
-    contract_ids = bulk_contracts(institutions, per_institution=20)
+    """Full scale: 100,000 lessons auto-confirmed and released into 500 payouts within 15 s."""
+    institutions = [make_institution() for _ in range(INSTITUTIONS)]
+    contract_ids = bulk_contracts(institutions, per_institution=CONTRACTS_EACH)
+    lessons = len(contract_ids) * LESSON_ROUNDS
     analyze()
     recording = 0.0
-    for round_ in range(PAID_HOURS):
+    for round_ in range(LESSON_ROUNDS):
         recording += timed(
-            f"record 10,000 lessons (round {round_})",
+            f"record {len(contract_ids):,} lessons (round {round_})",
             record_property,
             partial(record_one_lesson_each, contract_ids, round_=round_),
         )
-    print(f"recording 100,000 lessons: {recording:.2f} s")
-    assert Lesson.objects.filter(state=LessonState.PENDING).count() == 100_000
+    print(f"recording {lessons:,} lessons: {recording:.2f} s")
+    assert Lesson.objects.filter(state=LessonState.PENDING).count() == lessons
     clock.advance(timedelta(days=40))
     analyze()
 
     confirmed: list[int] = []
     confirm_seconds = timed(
-        "auto-confirm 100,000 lessons", record_property, lambda: confirmed.append(auto_confirm_due_lessons())
+        f"auto-confirm {lessons:,} lessons",
+        record_property,
+        lambda: confirmed.append(auto_confirm_due_lessons()),
     )
     payouts: list[PayoutInstruction] = []
     payout_seconds = timed(
-        "release run into 500 payouts", record_property, lambda: payouts.extend(run_release_payouts())
+        f"release run into {INSTITUTIONS} payouts",
+        record_property,
+        lambda: payouts.extend(run_release_payouts()),
     )
 
-    assert confirmed == [100_000]
-    assert len(payouts) == 500
-    assert {p.amount_fen for p in payouts} == {20 * PAID_HOURS * PRICE_FEN}
-    assert Contract.objects.filter(state=ContractState.COMPLETED).count() == 10_000
-    assert confirm_seconds + payout_seconds < 15, (confirm_seconds, payout_seconds)
+    assert confirmed == [lessons]
+    assert len(payouts) == INSTITUTIONS
+    assert {p.amount_fen for p in payouts} == {CONTRACTS_EACH * LESSON_ROUNDS * PRICE_FEN}
+    completed = len(contract_ids) if LESSON_ROUNDS == PAID_HOURS else 0
+    assert Contract.objects.filter(state=ContractState.COMPLETED).count() == completed
+    if FULL_SCALE:
+        assert confirm_seconds + payout_seconds < 15, (confirm_seconds, payout_seconds)
 
 
-def test_a_closure_of_10k_contracts_within_10_seconds(
+def test_a_closure_at_scale_refunds_every_contract_once(
     make_institution: InstitutionFactory, record_property: Callable[[str, object], None]
 ) -> None:
+    """Full scale: an institution with 10,000 contracts closed abnormally within 10 s."""
     institution = make_institution()
-    contract_ids = bulk_contracts([institution], per_institution=10_000)
+    contract_ids = bulk_contracts([institution], per_institution=CLOSURE_CONTRACTS)
     analyze()
     record_one_lesson_each(contract_ids, round_=0)
     clock.advance(timedelta(days=40))
-    assert auto_confirm_due_lessons() == 10_000
+    assert auto_confirm_due_lessons() == CLOSURE_CONTRACTS
     record_one_lesson_each(contract_ids, round_=1)  # pending when the closure comes
     closure = order_closure(institution=institution, mode="abnormal", reason="跑路 absconded")
     analyze()
 
-    seconds = timed("closure of 10,000 contracts", record_property, lambda: run_closure(closure=closure))
+    seconds = timed(
+        f"closure of {CLOSURE_CONTRACTS:,} contracts", record_property, lambda: run_closure(closure=closure)
+    )
 
     closure.refresh_from_db()
     assert closure.state == ClosureState.COMPLETED
-    assert (closure.contracts_done, closure.lessons_voided) == (10_000, 10_000)
-    assert Refund.objects.filter(reason="closure", amount_fen=(PAID_HOURS - 1) * PRICE_FEN).count() == 10_000
-    assert PayoutInstruction.objects.filter(kind="refund").count() == 10_000
-    assert closure.refunded_fen == 10_000 * (PAID_HOURS - 1) * PRICE_FEN
-    assert seconds < 10, seconds
+    assert (closure.contracts_done, closure.lessons_voided) == (CLOSURE_CONTRACTS, CLOSURE_CONTRACTS)
+    refund_fen = (PAID_HOURS - 1) * PRICE_FEN
+    assert Refund.objects.filter(reason="closure", amount_fen=refund_fen).count() == CLOSURE_CONTRACTS
+    assert PayoutInstruction.objects.filter(kind="refund").count() == CLOSURE_CONTRACTS
+    assert closure.refunded_fen == CLOSURE_CONTRACTS * refund_fen
+    if FULL_SCALE:
+        assert seconds < 10, seconds
     rows = Refund.objects.count()
     run_closure(closure=closure)
     assert Refund.objects.count() == rows
