@@ -206,11 +206,11 @@ class CustodyBankSimulator:
         try:
             with clock.frozen_at(datetime(day.year, day.month, day.day, 9, 0, tzinfo=SHANGHAI)):
                 yield self
+                self._book_bank_payments()
                 if execute:
                     self.execute_instructions()
                 if settle_channels:
                     self.settle_channels()
-                self._book_bank_payments()
             self._close(day, self._faults)
             record_day_cut(day=day, opens_at=opens_at, closes_at=_tick(ledger_clock_now()), note="simulator")
         finally:
@@ -257,6 +257,7 @@ class CustodyBankSimulator:
         """Answer every open instruction of the simulated institutions: executed and booked, or (the
         references in ``fail``) refused, which voids its hold."""
         day = self._require_day()
+        self._book_bank_payments()  # what came in before, first: the book keeps the order things happened in
         open_ones = list(
             PayoutInstruction.objects.filter(
                 institution_id__in=self.institution_ids, state=PayoutState.INSTRUCTED
@@ -319,6 +320,7 @@ class CustodyBankSimulator:
         """The channels' settlements (WeChat Pay, Alipay: T+1) arrive: payments confirmed before today are
         settled into custody and booked, one line per channel and institution (or one per payment)."""
         day = self._require_day()
+        self._book_bank_payments()
         start_of_day = datetime(day.year, day.month, day.day, tzinfo=SHANGHAI)
         due = list(
             Payment.objects.filter(

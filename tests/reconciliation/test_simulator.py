@@ -53,7 +53,7 @@ def test_a_clean_day_closes_at_the_ledgers_custody_cash(world_factory: Any) -> N
     assert second.opening_balance_fen == first.closing_balance_fen
     # Day 1: two transfers in (serials = the platform's transaction ids), one release out; WeChat settles on
     # day 2 (T+1) as one line beside the refund of the 7 hours left.
-    assert [line.amount_fen for line in first.lines] == [-24_000, 80_000, 80_000]
+    assert [line.amount_fen for line in first.lines] == [80_000, 80_000, -24_000]
     assert {line.serial for line in first.lines if line.amount_fen > 0} == set(
         Payment.objects.filter(channel="bank").values_list("transaction_id", flat=True)
     )
