@@ -132,6 +132,8 @@ class InstitutionContractsView(ApiListView):
 
 
 class InstitutionContractDetailView(ApiDetailView):
+    """一份合同 One of the institution's contracts, with its money."""
+
     permission_classes = (IsInstitutionStaff,)
     serializer_class = ContractOutput
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -51,6 +51,7 @@ from custody.models import (
     LessonState,
     Policy,
     Refund,
+    RefundState,
     RiskAlert,
     SupervisionMode,
     TeachingMode,
@@ -63,6 +64,7 @@ from custody.selectors.holdings import institutions_with_money
 from custody.selectors.policy import current_policy, guidance_prices
 from custody.selectors.supervision import overview
 from custody.services.alerts import mark_inbox_read, transition_alert
+from custody.services.calendar import local_today
 from custody.services.closures import order_closure
 from custody.services.corrections import (
     CorrectionLeg,
@@ -408,12 +410,27 @@ class RegulatorDisputeResolveView(ApiView):
         return Response(LessonOutput(lesson).data)
 
 
+class RegulatorRefundFilter(RefundFilter):
+    overdue = django_filters.BooleanFilter(method="filter_overdue", label="past the payout deadline, unpaid")
+    institution = django_filters.NumberFilter(
+        field_name="contract__institution_id", min_value=1, max_value=MAX_ID
+    )
+
+    class Meta(RefundFilter.Meta):
+        fields = [*RefundFilter.Meta.fields, "overdue", "institution"]
+
+    def filter_overdue(self, queryset: QuerySet[Refund], name: str, value: bool) -> QuerySet[Refund]:
+        late = Q(state__in=(RefundState.APPROVED, RefundState.INSTRUCTED), payout_due__lt=local_today())
+        return queryset.filter(late) if value else queryset.exclude(late)
+
+
 class RegulatorRefundsView(ApiListView):
-    """退费 Refunds in the jurisdiction; ``overdue=true`` lists those past their payout deadline."""
+    """退费 Refunds in the jurisdiction; ``overdue=true`` lists approved refunds past their payout deadline
+    and not yet paid back."""
 
     permission_classes = (IsRegulator,)
     serializer_class = RefundOutput
-    filterset_class = RefundFilter
+    filterset_class = RegulatorRefundFilter
     ordering_fields = ["id", "claimed_at", "payout_due"]
 
     def get_queryset(self) -> QuerySet[Refund]:

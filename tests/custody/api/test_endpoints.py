@@ -604,3 +604,24 @@ def test_bad_callbacks_get_the_channels_failure_reply(world: World, bank_callbac
         "/api/v1/callbacks/bank/", data=signed.body, content_type="application/json", **stale_headers
     )
     assert unknown_key.status_code == 401 and unknown_key.json()["code"] == "unknown_key"
+
+
+def test_a_regulator_lists_refunds_past_their_payout_deadline(world: World) -> None:
+    finance, regulator = world.client("finance"), world.client("regulator")
+    ok(
+        finance.post(
+            f"/api/v1/institution/refunds/{world.refund.pk}/answer/",
+            {"approve": True},
+            format="json",
+            **idem(),
+        )
+    )
+    assert ok(regulator.get("/api/v1/regulator/refunds/", {"overdue": "true"}))["count"] == 0
+    clock.advance(timedelta(days=30))
+    overdue = ok(regulator.get("/api/v1/regulator/refunds/", {"overdue": "true"}))
+    assert [r["id"] for r in overdue["results"]] == [world.refund.pk]
+    assert ok(regulator.get("/api/v1/regulator/overview/"))["refunds_overdue"] == 1
+    on_time = ok(
+        regulator.get("/api/v1/regulator/refunds/", {"overdue": "false", "institution": str(world.institution.pk)})
+    )
+    assert world.refund.pk not in {r["id"] for r in on_time["results"]}
