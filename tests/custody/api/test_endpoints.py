@@ -622,6 +622,8 @@ def test_a_regulator_lists_refunds_past_their_payout_deadline(world: World) -> N
     assert [r["id"] for r in overdue["results"]] == [world.refund.pk]
     assert ok(regulator.get("/api/v1/regulator/overview/"))["refunds_overdue"] == 1
     on_time = ok(
-        regulator.get("/api/v1/regulator/refunds/", {"overdue": "false", "institution": str(world.institution.pk)})
+        regulator.get(
+            "/api/v1/regulator/refunds/", {"overdue": "false", "institution": str(world.institution.pk)}
+        )
     )
     assert world.refund.pk not in {r["id"] for r in on_time["results"]}
