@@ -4,9 +4,14 @@ from django.contrib import admin
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path, re_path
+from django_otp.admin import OTPAdminSite
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from custody.api.urls import not_found as api_not_found
+
+# The admin site admits only users who verified a TOTP device (django-otp): administrators use two factors,
+# as regulators and bank operators do.
+admin.site.__class__ = OTPAdminSite
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
