@@ -7,13 +7,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.http import HttpRequest
+from django.test import Client
 from django.utils import timezone
+from django_otp import login as otp_login
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
 from custody.api.throttling import PerAddressThrottle, UserThrottle
-from custody.models import ApiToken
+from custody.models import ApiToken, AuditEvent
 from custody.services.access import hash_token
 from tests.custody.api.conftest import World
 
@@ -161,3 +164,25 @@ def test_requests_are_throttled_per_address(world: World, monkeypatch: pytest.Mo
     assert other.get("/api/v1/parent/balance/").status_code == 200
     assert parent.get("/api/v1/parent/balance/").status_code == 429  # the same address, whoever signs in
     assert other.get("/api/v1/parent/balance/", REMOTE_ADDR="10.9.9.9").status_code == 200
+
+
+def test_the_admin_site_needs_a_totp_verified_session_and_is_audited(world: World) -> None:
+    admin = world.users["admin"]
+    client = Client()
+    client.force_login(admin)
+    refused = client.get("/admin/")
+    assert refused.status_code == 302 and "/admin/login/" in refused["Location"]
+
+    request = HttpRequest()
+    request.session = client.session
+    request.user = admin
+    otp_login(request, TOTPDevice.objects.create(user=admin, name="key", confirmed=True))
+    request.session.save()
+    assert client.get("/admin/").status_code == 200
+    added = client.post("/admin/auth/group/add/", {"name": "审计组 auditors"})
+    assert added.status_code == 302
+    event = AuditEvent.objects.get(method="POST", path="/admin/auth/group/add/")
+    assert (event.actor_username, event.actor_role, event.status_code) == ("admin", "admin", 302)
+    assert AuditEvent.objects.filter(
+        method="GET", path="/admin/", actor_role="admin", status_code=200
+    ).exists()
