@@ -1,4 +1,6 @@
-"""Rate limits (rates in settings ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]``, e.g. ``"1200/min"``):
+"""Rate limits (rates in settings ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]``, e.g. ``"1200/min"``).
+
+Every request is counted against each limit that applies to it:
 
 - ``user``: per signed-in user; ``anon``: per client address for anonymous requests;
 - ``ip``: per client address for every request, signed in or not (one machine cannot hide behind many
@@ -6,10 +8,11 @@
 - ``login`` (sign-in) and ``callbacks`` (channel callbacks): per client address, on views naming that
   ``throttle_scope``.
 
-Each limit is a fixed-window counter in the cache: one atomic ``incr`` per request (``add`` opens a window).
-DRF's own throttles keep, per key, the list of every request time in the window and rewrite it on each
-request, which at API rates means pickling thousands of floats per call; a counter costs the same at any rate.
-A client may burst up to twice the rate across a window boundary, which is fine for abuse control.
+Each limit is a fixed-window counter in the cache. ``ApiRateLimits`` counts all of a request's limits at once:
+on Redis in one pipelined round trip (``INCR`` and ``EXPIRE`` per counter), elsewhere with the cache's
+``add``/``incr``. DRF's own throttles keep, per key, the list of every request time in the window and rewrite
+it on each request (thousands of floats pickled per call at API rates), one cache round trip or more per
+throttle. A client may burst up to twice a rate across a window boundary, which is fine for abuse control.
 
 Counters live in the cache: set ``CACHE_URL`` to Redis when several processes serve the API, so they share
 them. The client address is the one django-axes resolves (``get_client_ip_address``).
@@ -21,7 +24,8 @@ import time
 from typing import Any
 
 from axes.helpers import get_client_ip_address
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
@@ -39,75 +43,69 @@ def client_address(request: Request) -> str:
     return get_client_ip_address(getattr(request, "_request", request)) or "unknown"
 
 
-class WindowThrottle(BaseThrottle):
-    """Allow ``count`` requests per ``period`` seconds per identity; subclasses say whose and which rate."""
+class ApiRateLimits(BaseThrottle):
+    """The one ``DEFAULT_THROTTLE_CLASSES`` entry: every limit of the request, counted together."""
 
-    scope = ""
     THROTTLE_RATES: dict[str, Any] = dict(api_settings.DEFAULT_THROTTLE_RATES)
 
     def __init__(self) -> None:
         self._wait = 0.0
 
-    def rate(self, view: Any) -> str | None:
-        return self.THROTTLE_RATES.get(self.scope)
-
-    def identity(self, request: Request, view: Any) -> str | None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def limits(self, request: Request, view: Any) -> list[tuple[str, str]]:
+        """(scope, identity) of every limit that applies to this request."""
+        address = client_address(request)
+        user = request.user
+        found = [
+            ("user", str(user.pk)) if user and user.is_authenticated else ("anon", address),
+            ("ip", address),
+        ]
+        scope = getattr(view, "throttle_scope", None)
+        if scope:
+            found.append((scope, address))
+        return [(s, ident) for s, ident in found if self.THROTTLE_RATES.get(s)]
 
     def allow_request(self, request: Request, view: Any) -> bool:
-        rate = self.rate(view)
-        ident = self.identity(request, view) if rate else None
-        if rate is None or ident is None:
-            return True
-        count, period = parse_rate(rate)
         now = time.time()
-        window = int(now // period)
-        key = f"throttle:{self.scope}:{ident}:{window}"
-        if cache.add(key, 1, timeout=period + 1):
+        counters = []
+        for scope, ident in self.limits(request, view):
+            count, period = parse_rate(self.THROTTLE_RATES[scope])
+            window = int(now // period)
+            counters.append(
+                (f"throttle:{scope}:{ident}:{window}", count, period, (window + 1) * period - now)
+            )
+        if not counters:
             return True
-        try:
-            used = cache.incr(key)
-        except ValueError:  # expired between add and incr: a new window
-            cache.set(key, 1, timeout=period + 1)
-            return True
-        if used <= count:
-            return True
-        self._wait = (window + 1) * period - now
-        return False
+        used = _count(counters)
+        waits = [wait for (_, count, _, wait), n in zip(counters, used, strict=True) if n > count]
+        if waits:
+            self._wait = max(waits)
+            return False
+        return True
 
     def wait(self) -> float:
         return max(self._wait, 1.0)
 
 
-class UserThrottle(WindowThrottle):
-    scope = "user"
-
-    def identity(self, request: Request, view: Any) -> str | None:
-        user = request.user
-        return str(user.pk) if user and user.is_authenticated else None
-
-
-class AnonThrottle(WindowThrottle):
-    scope = "anon"
-
-    def identity(self, request: Request, view: Any) -> str | None:
-        user = request.user
-        return None if user and user.is_authenticated else client_address(request)
-
-
-class PerAddressThrottle(WindowThrottle):
-    scope = "ip"
-
-    def identity(self, request: Request, view: Any) -> str | None:
-        return client_address(request)
-
-
-class ScopedThrottle(WindowThrottle):
-    """Per client address, for views that name a ``throttle_scope`` (sign-in, callbacks)."""
-
-    def rate(self, view: Any) -> str | None:
-        self.scope = getattr(view, "throttle_scope", "") or ""
-        return self.THROTTLE_RATES.get(self.scope) if self.scope else None
-
-    def identity(self, request: Request, view: Any) -> str | None:
-        return client_address(request)
+def _count(counters: list[tuple[str, int, int, float]]) -> list[int]:
+    """Add one to each counter and return the new values."""
+    backend = caches["default"]
+    if isinstance(backend, RedisCache):
+        # The key holds its window's number, so renewing its expiry on every request is harmless.
+        pipe = backend._cache.get_client(write=True).pipeline(transaction=False)
+        for key, _, period, _ in counters:
+            full = backend.make_and_validate_key(key)
+            pipe.incr(full)
+            pipe.expire(full, period + 1)
+        replies = pipe.execute()
+        return [int(replies[2 * i]) for i in range(len(counters))]
+    values = []
+    for key, _, period, _ in counters:
+        if cache.add(key, 1, timeout=period + 1):
+            values.append(1)
+            continue
+        try:
+            values.append(int(cache.incr(key)))
+        except ValueError:  # expired between add and incr: a new window
+            cache.set(key, 1, timeout=period + 1)
+            values.append(1)
+    return values

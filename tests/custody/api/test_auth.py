@@ -15,7 +15,7 @@ from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
-from custody.api.throttling import PerAddressThrottle, UserThrottle
+from custody.api.throttling import ApiRateLimits
 from custody.models import ApiToken, AuditEvent
 from custody.services.access import hash_token
 from tests.custody.api.conftest import World
@@ -146,7 +146,7 @@ def test_me_names_the_roles_and_scope(world: World) -> None:
 
 
 def test_requests_are_throttled_per_user(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(UserThrottle, "THROTTLE_RATES", {**UserThrottle.THROTTLE_RATES, "user": "3/min"})
+    monkeypatch.setattr(ApiRateLimits, "THROTTLE_RATES", {**ApiRateLimits.THROTTLE_RATES, "user": "3/min"})
     parent, other = world.client("parent"), world.client("other_parent")
     statuses = [parent.get("/api/v1/parent/balance/").status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
@@ -156,9 +156,7 @@ def test_requests_are_throttled_per_user(world: World, monkeypatch: pytest.Monke
 
 
 def test_requests_are_throttled_per_address(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        PerAddressThrottle, "THROTTLE_RATES", {**PerAddressThrottle.THROTTLE_RATES, "ip": "2/min"}
-    )
+    monkeypatch.setattr(ApiRateLimits, "THROTTLE_RATES", {**ApiRateLimits.THROTTLE_RATES, "ip": "2/min"})
     parent, other = world.client("parent"), world.client("other_parent")
     assert parent.get("/api/v1/parent/balance/").status_code == 200
     assert other.get("/api/v1/parent/balance/").status_code == 200
@@ -186,3 +184,33 @@ def test_the_admin_site_needs_a_totp_verified_session_and_is_audited(world: Worl
     assert AuditEvent.objects.filter(
         method="GET", path="/admin/", actor_role="admin", status_code=200
     ).exists()
+
+
+def _redis_listening() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _redis_listening(), reason="needs Redis on 127.0.0.1:6379 (CI starts it)")
+def test_throttle_counters_work_in_redis(
+    world: World, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from django.core.cache import caches
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:6379/14",
+        }
+    }
+    caches["default"].clear()
+    monkeypatch.setattr(ApiRateLimits, "THROTTLE_RATES", {**ApiRateLimits.THROTTLE_RATES, "user": "2/min"})
+    parent = world.client("parent")
+    statuses = [parent.get("/api/v1/parent/balance/").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    caches["default"].clear()
