@@ -219,12 +219,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "custody.api.errors.exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": [
-        "custody.api.throttling.UserThrottle",
-        "custody.api.throttling.AnonThrottle",
-        "custody.api.throttling.PerAddressThrottle",
-        "custody.api.throttling.ScopedThrottle",
-    ],
+    # Per user, per address, and per scope (sign-in, callbacks), counted together (custody/api/throttling.py).
+    "DEFAULT_THROTTLE_CLASSES": ["custody.api.throttling.ApiRateLimits"],
     "DEFAULT_THROTTLE_RATES": {
         "user": env.str("API_THROTTLE_USER", default="1200/min"),
         "anon": env.str("API_THROTTLE_ANON", default="120/min"),
