@@ -326,6 +326,10 @@ WEB_JOBS_DIR = Path(env.str("WEB_JOBS_DIR", default=str(VAR_DIR / "web-jobs")))
 # Base64 of a raw 32-byte Ed25519 private key; signs ledger checkpoints.
 LEDGER_SIGNING_KEY = secret_from_env_or_var("LEDGER_SIGNING_KEY", "ledger_signing_key", _new_ed25519_key)
 LEDGER_SIGNING_KEY_ID: str = env.str("LEDGER_SIGNING_KEY_ID", default="dev-1")
+# Retired signing keys, so checkpoints signed before a rotation still verify: "key-id:hex-public-key,...".
+LEDGER_VERIFY_KEYS: dict[str, str] = dict(
+    item.split(":", 1) for item in env.list("LEDGER_VERIFY_KEYS", default=[]) if ":" in item
+)
 try:
     if len(base64.b64decode(LEDGER_SIGNING_KEY, validate=True)) != 32:
         raise ValueError("not 32 bytes")
