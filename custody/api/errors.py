@@ -26,7 +26,15 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import (
+    PermissionDenied as DjangoPermissionDenied,
+)
+from django.core.exceptions import (
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError, IntegrityError
 from django.http import Http404
@@ -71,6 +79,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "pending_transfer_state": (409, "冻结款项状态不允许 the hold was already resolved"),
     "reversal_not_allowed": (409, "不能冲正 the entry cannot be reversed"),
     "account_conflict": (409, "账户已存在且属性不同 the account exists with other attributes"),
+    "payload_too_large": (413, "请求体过大 the request body is too large"),
     "unsupported_media_type": (415, "不支持的内容类型 unsupported content type"),
     "rule_violation": (422, "违反监管规则 a supervision rule refuses the request"),
     "payment_rejected": (422, "付款不能入账 the payment cannot be accepted"),
@@ -244,6 +253,10 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response:
         return error_response("not_acceptable")
     if isinstance(exc, exceptions.UnsupportedMediaType):
         return error_response("unsupported_media_type", "不支持的内容类型 unsupported media type")
+    if isinstance(exc, RequestDataTooBig | TooManyFieldsSent | TooManyFilesSent):
+        return error_response("payload_too_large", "请求体过大 the request body is too large")
+    if isinstance(exc, SuspiciousOperation):
+        return error_response("invalid_request", "请求无效 the request is not acceptable")
     if isinstance(exc, DjangoValidationError):
         details = {"fields": exc.message_dict} if hasattr(exc, "error_dict") else {"messages": exc.messages}
         return error_response(

@@ -12,7 +12,7 @@ from custody.api.errors import ERROR_CODES, ErrorSerializer
 from custody.api.idempotency import HEADER, KEY_PATTERN
 
 _READ_ERRORS = ("400", "401", "403", "404", "406", "429")
-_WRITE_ERRORS = (*_READ_ERRORS, "409", "415", "422")
+_WRITE_ERRORS = (*_READ_ERRORS, "409", "413", "415", "422")
 _TAGS = {
     "auth": "auth 登录",
     "me": "auth 登录",

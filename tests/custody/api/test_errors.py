@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from rest_framework.test import APIClient
 
 from ledger import clock
 from tests.custody.api.conftest import World, idem
@@ -192,7 +193,6 @@ def test_lessons_in_the_future_and_beyond_the_hours_are_rule_violations(world: W
 
 
 def test_authentication_errors_have_the_shape(world: World) -> None:
-    from rest_framework.test import APIClient
 
     anonymous = APIClient()
     assert_error(anonymous.get("/api/v1/parent/balance/"), 401, "not_authenticated")
@@ -200,3 +200,14 @@ def test_authentication_errors_have_the_shape(world: World) -> None:
     bogus.credentials(HTTP_AUTHORIZATION="Bearer ck_not-a-token")
     assert_error(bogus.get("/api/v1/parent/balance/"), 401, "authentication_failed")
     assert_error(world.client("bank").get("/api/v1/parent/balance/"), 403, "permission_denied")
+
+
+def test_bodies_too_deep_or_too_large_are_refused_cleanly(world: World) -> None:
+    parent = world.client("parent")
+    deep = parent.post(
+        "/api/v1/parent/contracts/", data="[" * 100_000, content_type="application/json", **idem()
+    )
+    assert_error(deep, 400, "malformed_json")
+    huge = b'{"transaction_id": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+    too_big = APIClient().post("/api/v1/callbacks/bank/", data=huge, content_type="application/json")
+    assert_error(too_big, 413, "payload_too_large")
