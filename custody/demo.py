@@ -350,7 +350,7 @@ class ContractPlan:
     session_hours: int
     fate: str = "paid"  # paid, unpaid (never pays), cancelled (the parent cancels the order)
     replay: bool = False  # the bank sends its notice twice
-    refund: str = ""  # approved, silence, rejected, claimed, before_start
+    refund: str = ""  # approved, silence, rejected, claimed, late, before_start
     refund_day: int = 0
     contract: Contract | None = None
     payer_account: str = ""
@@ -360,6 +360,8 @@ class ContractPlan:
 
 
 class DemoBuilder:
+    """Plays the story day by day; every write goes through a service."""
+
     def __init__(self, options: DemoOptions, progress: Progress) -> None:
         self.options = options
         self.progress = progress
@@ -567,7 +569,6 @@ class DemoBuilder:
         for plan in plans:
             if plan.refund:
                 self.by_refund_day[plan.refund_day].append(plan)
-        self.by_pk: dict[int, ContractPlan] = {}
 
     def plan_one(
         self,
@@ -734,7 +735,6 @@ class DemoBuilder:
                 service_ends_on=plan.ends_on,
             )
             plan.contract = contract
-            self.by_pk[contract.pk] = plan
             if plan.fate != "paid":
                 continue
             plan.payer_account = self.guardian_cards[plan.student.guardian_index]
