@@ -62,6 +62,7 @@ from custody.models import (
 from custody.rules import latest_service_end
 from custody.selectors.balances import contract_position, custody_invariant
 from custody.services import (
+    calendar,
     closures,
     courses,
     institutions,
@@ -682,10 +683,12 @@ class DemoBuilder:
         refunds.approve_unanswered_refunds()
         refunds.instruct_refund_payouts()
         reserve.check_reserves()
-        self.at(offset, 3, 0)
-        payouts.run_release_payouts()
-        self.at(offset, 9, 30)
-        self.bank_executes(offset)
+        # Release runs and the bank's executions happen on working days (调休 included).
+        if calendar.is_working_day(self.day(offset)):
+            self.at(offset, 3, 0)
+            payouts.run_release_payouts()
+            self.at(offset, 9, 30)
+            self.bank_executes(offset)
         self.sign_and_pay(offset)
         self.at(offset, 13, 0)
         self.regulator_events(offset)
