@@ -7,7 +7,7 @@ The ledger is append-only (its triggers refuse UPDATE and DELETE), so the demo o
 without custody or ledger data:
 
 - data present and no flag: refuses with exit code 1 and says what to do;
-- ``--if-empty``: skips quietly when data is present (what ``make run`` should use, so a second run starts);
+- ``--if-empty``: skips quietly when data is present (``make seed`` and ``make run`` use it);
 - ``--reset`` (DEBUG only): on PostgreSQL truncates every custody, ledger and reconciliation table
   (TRUNCATE is not an UPDATE or DELETE, so the append-only guards do not fire; it is how the test suite
   empties them too) and deletes the demo users, then seeds; on SQLite nothing can be deleted, so it
