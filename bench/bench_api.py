@@ -89,6 +89,52 @@ def _server_env() -> dict[str, str]:
     return env
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by these processes (Linux /proc; 0 for any that is gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / tick
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(x) for x in children.read().split()]
+    except OSError:
+        return []
+
+
+def _database_backends() -> list[int]:
+    """PostgreSQL backends serving the bench database (the server's connections), by pid."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        pids = [row[0] for row in cursor.fetchall()]
+    connection.close()
+    return pids
+
+
+def _redis_pid() -> list[int]:
+    try:
+        out = subprocess.run(["pidof", "redis-server"], capture_output=True, text=True, timeout=5).stdout
+    except OSError:
+        return []
+    return [int(x) for x in out.split()]
+
+
+_server_pid = 0
+
+
 @contextmanager
 def production_server() -> Iterator[str]:
     """gunicorn on a free loopback port with ``GUNICORN_WORKERS`` workers; yields the base URL."""
@@ -112,6 +158,8 @@ def production_server() -> Iterator[str]:
     ]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after the server stops
     process = subprocess.Popen(command, cwd=ROOT, env=_server_env(), stdout=log, stderr=log)
+    global _server_pid
+    _server_pid = process.pid
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -357,6 +405,15 @@ def _python_client(base: str, tokens: list[str], seconds: float) -> dict[str, An
     }
 
 
+def _client_cpu() -> float:
+    """CPU time of this process's finished children (wrk) and of its own threads (the Python client)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return children.ru_utime + children.ru_stime + own.ru_utime + own.ru_stime
+
+
 def _load(base: str, tokens: list[str], seconds: float) -> dict[str, Any]:
     drive: Callable[[str, list[str], float], dict[str, Any]] = _wrk if shutil.which("wrk") else _python_client
     return drive(base, tokens, seconds)
@@ -405,7 +462,14 @@ def _balance_run() -> dict[str, Any]:
         if status != 200 or any(body[k] != v for k, v in expected.items()):
             raise RuntimeError(f"unexpected balance {status} {body}")
         _load(base, tokens, 3)  # warm-up: connections, caches, prepared statements
+        # What one request costs in CPU (server workers, their database backends, Redis, the load client):
+        # the machine is shared, so this says what 2 idle cores could serve, whatever else ran meanwhile.
+        parts = {"server": _children(_server_pid), "database": _database_backends(), "redis": _redis_pid()}
+        before = {name: _cpu_seconds(pids) for name, pids in parts.items()} | {"client": _client_cpu()}
         result = _load(base, tokens, SECONDS)
+        after = {name: _cpu_seconds(pids) for name, pids in parts.items()} | {"client": _client_cpu()}
+        cpu_parts = {name: after[name] - before[name] for name in before}
+        cpu_used = sum(cpu_parts.values())
     if result["non2xx"] or result["socket_errors"]:
         raise RuntimeError(f"the load run had failures: {result}")
     seconds = result["duration_us"] / 1e6
@@ -415,6 +479,11 @@ def _balance_run() -> dict[str, Any]:
         "p99_ms": result["p99_us"] / 1000,
         "p50_ms": result["p50_us"] / 1000,
         "seconds": round(seconds, 1),
+        "cpu_ms_per_request": round(cpu_used * 1000 / result["requests"], 3),
+        "cpu_ms_per_request_by_process": {
+            name: round(used * 1000 / result["requests"], 3) for name, used in cpu_parts.items()
+        },
+        "idle_2_core_capacity_rps": round(2 / (cpu_used / result["requests"])),
         "parents": BALANCE_PARENTS,
         "seed_seconds": round(seeded, 1),
         "load_before": round(load_before, 2),
@@ -451,7 +520,8 @@ def balance_rps() -> tuple[float, str, dict[str, Any]]:
     result = _balance_run()
     summary = (
         f"GET /api/v1/parent/balance/, {result['parents']} parents' tokens, {result['client']}, "
-        f"{result['seconds']} s: {result['requests']} requests, p50 {result['p50_ms']:.1f} ms"
+        f"{result['seconds']} s: {result['requests']} requests, p50 {result['p50_ms']:.1f} ms; "
+        f"{result['cpu_ms_per_request']} ms CPU per request (server, database, Redis, client)"
     )
     return round(result["rps"], 1), "requests/s", _conditions(result, summary)
 

@@ -17,7 +17,7 @@ from drf_spectacular.plumbing import ResolvedComponent
 from moneyed import Money
 from rest_framework import serializers
 
-from ledger.money import MAX_MINOR_UNITS, from_minor, to_minor
+from ledger.money import MAX_MINOR_UNITS, to_minor
 
 CURRENCIES = ("CNY",)
 # At most 16 digits of yuan and 2 of fen: always below the ledger's 2**62 fen.
@@ -27,9 +27,12 @@ _SIGNED_AMOUNT_PATTERN = r"^-?(0|[1-9][0-9]{0,15})\.[0-9]{2}$"
 
 
 def money_json(fen: int, currency: str = "CNY") -> dict[str, str]:
-    """``1234`` -> ``{"amount": "12.34", "currency": "CNY"}`` (always two decimals)."""
-    amount = from_minor(int(fen), currency).amount
-    return {"amount": f"{amount:.2f}", "currency": currency}
+    """``1234`` -> ``{"amount": "12.34", "currency": "CNY"}``: exact integer arithmetic, always two decimals
+    (every currency the API takes has 100 minor units)."""
+    if currency not in CURRENCIES:
+        raise ValueError(f"unsupported currency {currency!r}")
+    whole, cents = divmod(abs(int(fen)), 100)
+    return {"amount": f"{'-' if fen < 0 else ''}{whole}.{cents:02d}", "currency": currency}
 
 
 class MoneyField(serializers.Field):
@@ -75,11 +78,7 @@ class SignedMoneyField(MoneyField):
         super().__init__(**kwargs)
 
     def to_representation(self, value: Any) -> dict[str, str]:
-        fen = to_minor(value) if isinstance(value, Money) else int(value)
-        text = money_json(abs(fen))
-        if fen < 0:
-            text["amount"] = "-" + text["amount"]
-        return text
+        return money_json(to_minor(value) if isinstance(value, Money) else int(value))
 
 
 def _money_component(name: str, pattern: str, description: str) -> dict[str, Any]:

@@ -86,12 +86,22 @@ class ApiRateLimits(BaseThrottle):
         return max(self._wait, 1.0)
 
 
+def _redis_client(backend: RedisCache) -> Any:
+    """The backend's Redis client, made once and kept on the backend (Django's cache makes a new one, with its
+    table of ~170 response callbacks, on every call; the client and its connection pool are thread-safe)."""
+    client = getattr(backend, "_custody_throttle_client", None)
+    if client is None:
+        client = backend._cache.get_client(write=True)
+        backend._custody_throttle_client = client  # type: ignore[attr-defined]
+    return client
+
+
 def _count(counters: list[tuple[str, int, int, float]]) -> list[int]:
     """Add one to each counter and return the new values."""
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         # The key holds its window's number, so renewing its expiry on every request is harmless.
-        pipe = backend._cache.get_client(write=True).pipeline(transaction=False)
+        pipe = _redis_client(backend).pipeline(transaction=False)
         for key, _, period, _ in counters:
             full = backend.make_and_validate_key(key)
             pipe.incr(full)

@@ -21,6 +21,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from custody.models import Institution, Jurisdiction
+from custody.selectors._prepared import fetch_one
 from custody.services.access import requires_two_factor
 
 
@@ -111,7 +112,7 @@ class TokenHolder:
     actor: Actor
 
 
-# One statement per request, with no ORM query compilation (psycopg prepares it after a few runs): the token,
+# One statement per request, with no ORM query compilation, prepared once per connection: the token,
 # its user and the user's role rows.
 _TOKEN_SQL = """
 SELECT t.id, t.expires_at, t.revoked_at IS NOT NULL, t.otp_verified,
@@ -128,9 +129,7 @@ WHERE t.key_hash = %s
 
 
 def token_holder(key_hash: str) -> TokenHolder | None:
-    with connection.cursor() as cursor:
-        cursor.execute(_TOKEN_SQL, [key_hash])
-        row = cursor.fetchone()
+    row = fetch_one(_TOKEN_SQL, [key_hash])
     if row is None:
         return None
     (token_id, expires_at, revoked, otp_verified, user_id, username, is_active, is_staff, is_superuser) = row[

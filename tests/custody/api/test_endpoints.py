@@ -627,3 +627,14 @@ def test_a_regulator_lists_refunds_past_their_payout_deadline(world: World) -> N
         )
     )
     assert world.refund.pk not in {r["id"] for r in on_time["results"]}
+
+
+def test_the_balance_fast_path_renders_what_its_serializer_would() -> None:
+    from custody.api.views.parents import ParentBalanceView, balance_json
+    from custody.selectors.holdings import Holdings
+
+    figures = Holdings(3, 120_050, 99_999, 1, 10_001, 10_050, 7)
+    assert balance_json(figures) == ParentBalanceView.OutputSerializer(figures).data
+    negative = Holdings(1, 0, 0, 0, -5, 5, 0)
+    assert balance_json(negative)["consumed"] == {"amount": "-0.05", "currency": "CNY"}
+    assert balance_json(negative) == ParentBalanceView.OutputSerializer(negative).data
