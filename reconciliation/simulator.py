@@ -447,7 +447,11 @@ class CustodyBankSimulator:
                 shown.append((fault.kind, institution_id, reference, credit, amount))
             else:
                 target = self._pick(bookings, fault, institution_id, changed)
-                parts = [b for b in bookings if b.key == target.key and b.source == target.source]
+                parts = [
+                    b
+                    for b in bookings
+                    if b.key == target.key and b.source == target.source and id(b) not in changed
+                ]
                 changed.update(id(b) for b in parts)
                 if fault.kind == FaultKind.MISSING_LINE:
                     bookings = [b for b in bookings if id(b) not in {id(p) for p in parts}]
@@ -464,6 +468,7 @@ class CustodyBankSimulator:
                     )
                 elif fault.kind == FaultKind.DUPLICATE_LINE:
                     repeat = replace(target, serial="")
+                    changed.add(id(repeat))  # no later fault picks the repeat
                     bookings.append(repeat)
                     shown.append((fault.kind, institution_id, target.key, repeat, repeat.amount_fen))
                 elif fault.kind == FaultKind.AMOUNT_OFF:

@@ -190,8 +190,11 @@ class _Run:
         self.drop_tables()
         with connection.cursor() as cursor:
             if is_postgres():
-                # Hash joins and aggregates over a big statement stay in memory (this transaction only).
+                # Hash joins, aggregates and the working tables of a big statement stay in memory (this
+                # transaction only; temp_buffers takes effect in a session that has not used temporary tables
+                # yet, as a worker's or a command's has not, and is allocated only as the tables grow).
                 cursor.execute("SET LOCAL work_mem = '64MB'")
+                cursor.execute("SET LOCAL temp_buffers = '256MB'")
             cursor.execute(
                 f"CREATE TEMP TABLE {ITEM_TABLE} AS {items_sql()}",
                 [self.institution.cash_account_id, self.postings_after],
@@ -452,7 +455,8 @@ class _Run:
 
 
 def _difference_break(institution_id: int, group: Group, day: date) -> break_service.NewBreak:
-    match_id = int(group.key.rsplit("#", 1)[1])
+    assert group.match_id is not None
+    match_id = group.match_id
     return break_service.NewBreak(
         key=break_service.break_key(BreakKind.AMOUNT_DIFFERENCE, match_id),
         institution_id=institution_id,
@@ -460,7 +464,7 @@ def _difference_break(institution_id: int, group: Group, day: date) -> break_ser
         day=day,
         amount_fen=group.difference_fen,
         explanation=(
-            f"按规则 {group.rule} 匹配（{group.key.rsplit('#', 1)[0]}），账簿 "
+            f"按规则 {group.rule} 匹配（{group.key}），账簿 "
             f"{format_yuan(group.entries_fen, grouping=True)} 元、银行 "
             f"{format_yuan(group.lines_fen, grouping=True)} 元，"
             f"相差 {format_yuan(group.difference_fen, grouping=True)} 元 matched by {group.rule}: the ledger "
@@ -513,7 +517,7 @@ class _Writer:
         self.lines.extend((match_id, line_id, amount) for line_id, amount in group.lines)
         self.entries.extend((match_id, p, e, amount) for p, e, amount in group.items)
         if entries_fen != lines_fen:
-            group.key = f"{group.key}#{match_id}"
+            group.match_id = match_id
             self.difference_groups.append(group)
         self.duplicates.extend(group.duplicates)
 

@@ -93,6 +93,7 @@ class Group:
     items: list[tuple[int, int, int]] = field(default_factory=list)  # (posting id, entry id, amount)
     # Lines of the group that repeat another of its lines (booked twice): left out, with that twin.
     duplicates: list[tuple[int, int]] = field(default_factory=list)
+    match_id: int | None = None  # once written
 
     @property
     def lines_fen(self) -> int:

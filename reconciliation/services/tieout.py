@@ -108,8 +108,7 @@ def tie_out(
     if statement is None:
         return None
     first = BankStatement.objects.filter(institution_id=institution.pk).order_by("period_start", "pk").first()
-    assert first is not None
-    if institution.cash_account_id is None:
+    if first is None or institution.cash_account_id is None:
         return None
     cash = Account.objects.get(pk=institution.cash_account_id)
     horizon = calendar.start(first.period_start)

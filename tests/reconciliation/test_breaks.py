@@ -31,6 +31,7 @@ from reconciliation.models import (
     TieOut,
     TieOutStatus,
 )
+from reconciliation.selectors.breaks import open_breaks, timeline
 from reconciliation.services import breaks as queue
 from reconciliation.services.imports import import_statement
 from reconciliation.services.runs import reconcile_statement
@@ -383,4 +384,11 @@ def test_resolving_without_an_entry_keeps_the_item_in_the_tie_out_and_a_reopen_i
 
     reopened = queue.reopen_break(item=resolved, by=wang, note="家长否认 the parent disputes it")
     assert reopened.state == BreakState.OPEN
-    assert [e.action for e in reopened.events.order_by("pk")] == ["raised", "resolved", "reopened"]
+    assert [(e.action, e.actor) for e in timeline(reopened)] == [
+        ("raised", None),
+        ("resolved", wang),
+        ("reopened", wang),
+    ]
+    assert list(open_breaks(institution_ids=[scenario.institution.pk])) == [reopened]
+    assert list(open_breaks(institution_ids=[scenario.institution.pk], kind=BreakKind.FEE)) == []
+    assert list(open_breaks(institution_ids=[])) == []

@@ -66,22 +66,32 @@ def act(world: World, action: str, paid: list[Contract], consumed: set[int]) -> 
 
 
 def deliver(deliveries: list[Delivery]) -> None:
-    """Import in delivery order; a statement refused as out of sequence is tried again after the others."""
-    waiting = list(deliveries)
-    for _ in range(len(deliveries) + 1):
-        refused = []
-        for delivery in waiting:
-            try:
-                statement = import_statement(data=delivery.data, filename=delivery.filename).statement
-            except StatementError as error:
-                assert error.rule == "continuity", error
-                refused.append(delivery)
-                continue
-            reconcile_statement(statement=statement)
-        if not refused:
-            return
-        waiting = refused
-    raise AssertionError(f"statements never imported: {[d.filename for d in waiting]}")
+    """Import what arrives, in order. A statement refused as out of sequence waits; after each import the
+    waiting ones are tried again, oldest period first (what an operator does when the missing one comes)."""
+
+    def imported(delivery: Delivery) -> bool:
+        try:
+            statement = import_statement(data=delivery.data, filename=delivery.filename).statement
+        except StatementError as error:
+            assert error.rule == "continuity", error
+            return False
+        reconcile_statement(statement=statement)
+        return True
+
+    waiting: list[Delivery] = []
+    for delivery in deliveries:
+        if not imported(delivery):
+            waiting.append(delivery)
+            continue
+        retried = True
+        while retried:
+            retried = False
+            for held in sorted(waiting, key=lambda d: d.day):
+                if imported(held):
+                    waiting.remove(held)
+                    retried = True
+                    break
+    assert not waiting, [d.filename for d in waiting]
 
 
 def found(item: Break) -> tuple[str, str]:
@@ -110,12 +120,6 @@ def expected(fault: AppliedFault, statement_ids: dict[Any, str]) -> tuple[str, s
     }[fault.kind]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, open in issue 5: a missing line and an out-of-sequence statement on the same day also "
-    "raise an unmatched-entry break for the missing line's settlement (found on 2024-03-05 of the seed-0 "
-    "world); runs every time and reports XPASS once fixed",
-)
 @settings(
     max_examples=20,
     deadline=None,
