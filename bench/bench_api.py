@@ -1,5 +1,8 @@
-"""Benchmarks of the REST API as production serves it: gunicorn with production settings (DEBUG off, every
-middleware, throttles counting in Redis when it is up), PostgreSQL, on loopback, load from a separate process.
+"""Benchmarks of the REST API as production serves it: gunicorn (threaded workers with keep-alive) with
+production settings (DEBUG off, every middleware, throttles counting in Redis when it is up), PostgreSQL, on
+loopback, load from a separate process. Besides the figures, each run reports the CPU one request costs in
+the server, its database backends, Redis and the client, measured from /proc: the machine is shared, and that
+says what two idle cores would serve whatever else ran meanwhile.
 
 - ``api.balance_rps`` / ``api.balance_p99_ms``: ``GET /api/v1/parent/balance/`` with bearer tokens of
   ``BALANCE_PARENTS`` parents (each with two paid contracts, one with lessons awaiting confirmation), driven
@@ -41,9 +44,11 @@ SECONDS = float(os.environ.get("BENCH_API_SECONDS", "20"))
 BALANCE_PARENTS = int(os.environ.get("BENCH_API_PARENTS", "200"))
 WRK_THREADS = 2
 WRK_CONNECTIONS = int(os.environ.get("BENCH_API_CONNECTIONS", "16"))
-GUNICORN_WORKERS = int(os.environ.get("BENCH_API_WORKERS", "6"))
-GUNICORN_CLASS = os.environ.get("BENCH_API_WORKER_CLASS", "sync")  # or gthread (keep-alive)
-GUNICORN_THREADS = int(os.environ.get("BENCH_API_THREADS", "2"))
+# Threaded workers keep client connections alive (sync workers close each one, which cost ~1 ms of CPU per
+# request more in our measurements) and overlap the database and Redis waits of their threads.
+GUNICORN_WORKERS = int(os.environ.get("BENCH_API_WORKERS", "3"))
+GUNICORN_CLASS = os.environ.get("BENCH_API_WORKER_CLASS", "gthread")
+GUNICORN_THREADS = int(os.environ.get("BENCH_API_THREADS", "4"))
 BULK_CONTRACTS = 125
 BULK_BATCH = 2500
 BULK_REQUESTS = 3  # 7,500 lessons: 20 per contract per request, all 60 paid hours of each contract
@@ -138,7 +143,8 @@ _server_pid = 0
 
 @contextmanager
 def production_server() -> Iterator[str]:
-    """gunicorn on a free loopback port with ``GUNICORN_WORKERS`` workers; yields the base URL."""
+    """gunicorn on a free loopback port (``GUNICORN_WORKERS`` workers of ``GUNICORN_CLASS``); yields the base
+    URL."""
     port = _free_port()
     command = [
         sys.executable,
