@@ -211,3 +211,21 @@ def test_bodies_too_deep_or_too_large_are_refused_cleanly(world: World) -> None:
     huge = b'{"transaction_id": "' + b"x" * (3 * 1024 * 1024) + b'"}'
     too_big = APIClient().post("/api/v1/callbacks/bank/", data=huge, content_type="application/json")
     assert_error(too_big, 413, "payload_too_large")
+
+
+def test_answering_an_answered_refund_is_409_refund_already_answered(world: World) -> None:
+    finance = world.client("finance")
+    url = f"/api/v1/institution/refunds/{world.refund.pk}/answer/"
+    assert finance.post(url, {"approve": True}, format="json", **idem()).status_code == 200
+
+    again = finance.post(url, {"approve": True}, format="json", **idem())
+
+    error = assert_error(again, 409, "refund_already_answered")
+    assert error["details"] == {
+        "entity": "refund",
+        "refund": world.refund.pk,
+        "current": "approved",
+        "target": "approved",
+    }
+    rejected = finance.post(url, {"approve": False, "reason": "不同意 no"}, format="json", **idem())
+    assert assert_error(rejected, 409, "refund_already_answered")["details"]["target"] == "rejected"
