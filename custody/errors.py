@@ -46,9 +46,9 @@ class IllegalTransition(CustodyError):
 
 
 class RefundAlreadyAnswered(IllegalTransition):
-    """Only a claimed refund (待答复) can be answered. An approved, instructed, paid or rejected one is past the
-    answer; in particular an instructed refund is at the bank, and a failed payout is put back to approved by
-    the bank's answer (``payouts.record_payout_result``), never by the institution."""
+    """Only a claimed refund (待答复) can be answered. An approved, instructed, paid or rejected one is past
+    the answer; in particular an instructed refund is at the bank, and a failed payout is put back to
+    approved by the bank's answer (``payouts.record_payout_result``), never by the institution."""
 
     code = "refund_already_answered"
 

@@ -1,6 +1,7 @@
-"""answer_refund answers a claimed refund only: approved, instructed, paid or rejected refunds are refused with
-``RefundAlreadyAnswered`` and nothing moves. A failed bank payout puts an instructed refund back to approved
-through the bank's answer alone (payouts.record_payout_result), never through the institution's answer."""
+"""answer_refund answers a claimed refund only: approved, instructed, paid or rejected refunds are refused
+with ``RefundAlreadyAnswered`` and nothing moves. A failed bank payout puts an instructed refund back to
+approved through the bank's answer alone (payouts.record_payout_result), never through the institution's
+answer."""
 
 from __future__ import annotations
 
@@ -27,13 +28,20 @@ from tests.custody.flows.conftest import (  # noqa: F401 - fixtures, registered 
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture
+def contract(request: pytest.FixtureRequest) -> Contract:
+    """The flows' paid contract: 20 paid hours, 1,600.00 yuan, paid through the bank."""
+    paid: Contract = request.getfixturevalue("paid_contract")
+    return paid
+
+
 def approved_refund(contract: Contract, key: str) -> Refund:
     return answer_refund(refund=claim_refund(contract=contract, idempotency_key=key), approve=True)
 
 
 @pytest.mark.parametrize("approve", [True, False])
-def test_an_instructed_refund_cannot_be_answered_again(paid_contract: Contract, approve: bool) -> None:
-    refund = approved_refund(paid_contract, "s-1")
+def test_an_instructed_refund_cannot_be_answered_again(contract: Contract, approve: bool) -> None:
+    refund = approved_refund(contract, "s-1")
     (payout,) = instruct_refund_payouts()
     rows = ledger_rows()
 
@@ -57,8 +65,8 @@ def test_an_instructed_refund_cannot_be_answered_again(paid_contract: Contract, 
 
 
 @pytest.mark.parametrize("state", [RefundState.APPROVED, RefundState.PAID, RefundState.REJECTED])
-def test_answered_refunds_in_every_other_state_are_refused(paid_contract: Contract, state: str) -> None:
-    claim = claim_refund(contract=paid_contract, idempotency_key="s-2")
+def test_answered_refunds_in_every_other_state_are_refused(contract: Contract, state: str) -> None:
+    claim = claim_refund(contract=contract, idempotency_key="s-2")
     if state == RefundState.REJECTED:
         refund = answer_refund(refund=claim, approve=False, reason="已协商继续上课")
     else:
@@ -77,17 +85,16 @@ def test_answered_refunds_in_every_other_state_are_refused(paid_contract: Contra
     assert ledger_rows() == rows
 
 
-def test_a_failed_payout_is_reopened_by_the_bank_answer_not_by_the_institution(paid_contract: Contract) -> None:
-    refund = approved_refund(paid_contract, "s-3")
+def test_a_failed_payout_is_reopened_by_the_bank_answer_not_the_institution(contract: Contract) -> None:
+    refund = approved_refund(contract, "s-3")
     (payout,) = instruct_refund_payouts()
 
     record_payout_result(reference=payout.reference, executed=False, reason="账户已销户 account closed")
 
     refund.refresh_from_db()
     assert (refund.state, refund.amount_fen) == (RefundState.APPROVED, 160_000)
-    assert available(refund_payable(paid_contract)) == 160_000
+    assert available(refund_payable(contract)) == 160_000
     with pytest.raises(RefundAlreadyAnswered):  # approved again by the bank, not open to a new answer
         answer_refund(refund=refund, approve=True)
     (retry,) = instruct_refund_payouts()
     assert (retry.refund_id, retry.amount_fen) == (refund.pk, 160_000)
-
