@@ -1,6 +1,6 @@
 """Fault test of the closure job (issue 3): the abnormal closure run, in a real process, is SIGKILLed at 20
 random moments and started again each time; at the end every contract is refunded exactly once, to the fen
-(DESIGN.md section 6, invariant 10), and the ledger verifies.
+(DESIGN.md section 6, invariant 10), and both the ledger and verify_custody verify.
 
 No hook in the production code: a helper process sets Django up once and forks one child per run; the child
 calls ``run_closure`` and nothing else. The test watches the closure's committed progress
@@ -49,6 +49,7 @@ from custody.selectors.balances import contract_position, custody_invariant
 from custody.services.closures import order_closure
 from custody.services.lessons import NewLesson, confirm_lesson, dispute_lesson, record_lessons
 from custody.services.refunds import claim_refund
+from custody.verification import verify_custody
 from ledger import clock, verification
 from tests.custody.conftest import ContractFactory
 from tests.custody.flows.conftest import available, cash, posted, prepaid, refund_payable
@@ -315,3 +316,5 @@ def test_the_closure_job_killed_20_times_at_random_points_refunds_each_contract_
     assert custody_invariant(institution).holds
     report = verification.verify()
     assert report.ok, report.findings
+    custody_report = verify_custody()  # invariants 3, 4, 6, 7 and 10, set-based
+    assert custody_report.ok, custody_report.findings
