@@ -6,6 +6,7 @@ answer."""
 from __future__ import annotations
 
 import pytest
+from django.db import IntegrityError, transaction
 
 from custody.errors import IllegalTransition, RefundAlreadyAnswered
 from custody.models import Contract, PayoutInstruction, PayoutState, Refund, RefundState
@@ -98,3 +99,21 @@ def test_a_failed_payout_is_reopened_by_the_bank_answer_not_the_institution(cont
         answer_refund(refund=refund, approve=True)
     (retry,) = instruct_refund_payouts()
     assert (retry.refund_id, retry.amount_fen) == (refund.pk, 160_000)
+
+
+def test_a_refund_has_one_live_instruction_and_keeps_its_failed_ones(contract: Contract) -> None:
+    refund = approved_refund(contract, "s-4")
+    (first,) = instruct_refund_payouts()
+    record_payout_result(reference=first.reference, executed=False, reason="账户已销户 account closed")
+    (second,) = instruct_refund_payouts()
+
+    assert list(refund.payouts.order_by("pk").values_list("state", flat=True)) == [
+        PayoutState.FAILED,
+        PayoutState.INSTRUCTED,
+    ]
+    # The database refuses a second live instruction, whatever the code does.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        PayoutInstruction.objects.filter(pk=first.pk).update(state=PayoutState.INSTRUCTED)
+    record_payout_result(reference=second.reference, executed=True)
+    refund.refresh_from_db()
+    assert refund.state == RefundState.PAID
