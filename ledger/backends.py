@@ -51,13 +51,13 @@ _POSTGRES_POST_ENTRIES = """
 WITH
 e_in AS (
     SELECT * FROM unnest(
-        %(keys)s::text[], %(hashes)s::text[], %(kinds)s::text[], %(effective)s::timestamptz[],
-        %(metadata)s::text[], %(reverses)s::bigint[], %(pending)s::bigint[]
+        %(keys)b::text[], %(hashes)b::text[], %(kinds)b::text[], %(effective)b::timestamptz[],
+        %(metadata)b::text[], %(reverses)b::bigint[], %(pending)b::bigint[]
     ) WITH ORDINALITY AS t(idempotency_key, request_hash, kind, effective_at, metadata, reverses_id,
                            pending_transfer_id, idx)
 ),
 p_in AS (
-    SELECT * FROM unnest(%(p_entry)s::bigint[], %(p_account)s::bigint[], %(p_amount)s::bigint[])
+    SELECT * FROM unnest(%(p_entry)b::bigint[], %(p_account)b::bigint[], %(p_amount)b::bigint[])
         WITH ORDINALITY AS t(idx, account_id, amount, ord)
 ),
 locked AS (
@@ -110,7 +110,8 @@ ins_p AS (
            u.cr_before + sum(greatest(-np.amount, 0)) OVER w
     FROM new_p np JOIN upd u ON u.id = np.account_id CROSS JOIN stamp s
     WINDOW w AS (PARTITION BY np.account_id ORDER BY np.ord)
-    ORDER BY np.ord
+    -- Ids rise with the running totals on each account (the window's order, so no second sort).
+    ORDER BY np.account_id, np.ord
 )
 -- One row whatever the size: the shared posted_at and the new entries' ids by key (two arrays parse much
 -- faster than a row per entry).
