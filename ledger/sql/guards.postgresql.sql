@@ -90,34 +90,50 @@ CREATE OR REPLACE TRIGGER ledger_entry_new_balance AFTER INSERT ON ledger_entry
 CREATE OR REPLACE FUNCTION ledger_new_postings_balance() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     cur bigint := pg_current_xact_id()::text::bigint;
+    touched bigint;
+    lo bigint;
+    hi bigint;
+    unbalanced bigint[];
+    owned bigint := 0;
     owner record;
+    missing bigint;
 BEGIN
-    -- One status look-up per inserting (sub)transaction, not per entry: a batch's entries share one.
+    -- 2. (see above): the statement's postings of each entry must be >= 2 and sum to zero per currency, or
+    --    the entry is checked again at COMMIT. This statement's postings alone are enough: every earlier set
+    --    of postings of the entry (earlier statements of this transaction) was balanced or queued too, and
+    --    balanced sets add up to a balanced entry.
+    SELECT count(*), min(entry_id), max(entry_id), array_agg(entry_id) FILTER (WHERE short_or_unbalanced)
+    INTO touched, lo, hi, unbalanced
+    FROM (
+        SELECT entry_id, sum(n) < 2 OR bool_or(total <> 0) AS short_or_unbalanced
+        FROM (SELECT entry_id, count(*) AS n, sum(amount) AS total FROM new_postings GROUP BY entry_id, currency) g
+        GROUP BY entry_id
+    ) per_entry;
+    IF unbalanced IS NOT NULL THEN
+        INSERT INTO ledger_entry_balance_due (entry_id) SELECT unnest(unbalanced);
+    END IF;
+    -- 3. Each entry must exist and be ours. One status look-up per inserting (sub)transaction, not per entry
+    --    (a batch's entries share one), over the id range the statement touched (a batch's ids are adjacent).
     FOR owner IN
-        SELECT e.xmin::text::bigint AS xid, min(t.entry_id) AS entry_id
-        FROM (SELECT DISTINCT entry_id FROM new_postings) t LEFT JOIN ledger_entry e ON e.id = t.entry_id
-        GROUP BY 1
+        SELECT e.xmin AS xid, count(*) AS n, min(e.id) AS entry_id
+        FROM ledger_entry e
+        WHERE e.id BETWEEN lo AND hi AND e.id IN (SELECT entry_id FROM new_postings)
+        GROUP BY e.xmin
     LOOP
-        IF owner.xid IS NULL THEN
-            RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which does not exist (insert the entry first)',
-                owner.entry_id USING ERRCODE = 'integrity_constraint_violation';
-        END IF;
+        owned := owned + owner.n;
         -- xmin is a 32-bit xid; widen it to the 64-bit xid nearest ours (a savepoint's xid is above ours).
-        IF pg_xact_status((cur + (((owner.xid - (cur & 4294967295)) % 4294967296 + 6442450944) % 4294967296
-                                 - 2147483648))::text::xid8) IS DISTINCT FROM 'in progress' THEN
+        IF pg_xact_status((cur + (((owner.xid::text::bigint - (cur & 4294967295)) % 4294967296 + 6442450944)
+                                 % 4294967296 - 2147483648))::text::xid8) IS DISTINCT FROM 'in progress' THEN
             RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which is already committed',
                 owner.entry_id USING ERRCODE = 'integrity_constraint_violation';
         END IF;
     END LOOP;
-    -- 2. (see above): the statement's postings of each entry must balance with >= 2 of them, or the entry is
-    --    checked again at COMMIT. Looking at this statement's postings alone is enough: every earlier set of
-    --    postings of the entry (earlier statements of this transaction) was either balanced or queued too, and
-    --    balanced sets add up to a balanced entry.
-    INSERT INTO ledger_entry_balance_due (entry_id)
-    SELECT g.entry_id FROM (
-        SELECT entry_id, count(*) AS n, sum(amount) AS total FROM new_postings GROUP BY entry_id, currency
-    ) g
-    GROUP BY g.entry_id HAVING sum(g.n) < 2 OR bool_or(g.total <> 0);
+    IF owned < touched THEN
+        SELECT min(n.entry_id) INTO missing FROM new_postings n
+            WHERE NOT EXISTS (SELECT 1 FROM ledger_entry e WHERE e.id = n.entry_id);
+        RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which does not exist (insert the entry first)',
+            missing USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
     RETURN NULL;
 END $$;
 
