@@ -262,6 +262,8 @@ def _post_entries_postgres(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry
     written = {}
     for id_, key in zip(ids, keys, strict=True):
         moment = effective[key]
+        if moment is not None and moment.tzinfo is None:
+            moment = moment.replace(tzinfo=posted_at.tzinfo)  # as the session (UTC) read it
         written[key] = WrittenEntry(
             id=id_,
             idempotency_key=key,
