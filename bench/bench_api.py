@@ -441,7 +441,11 @@ def _balance_run() -> dict[str, Any]:
         tokens.append(issue_api_token(user=guardian.user, otp_verified=False)[0])
     seeded = time.monotonic() - started
     connection.close()
-    _balance_result = {**measure_balance(tokens), "parents": BALANCE_PARENTS, "seed_seconds": round(seeded, 1)}
+    _balance_result = {
+        **measure_balance(tokens),
+        "parents": BALANCE_PARENTS,
+        "seed_seconds": round(seeded, 1),
+    }
     return _balance_result
 
 

@@ -49,7 +49,9 @@ def _response_length(head: bytes) -> tuple[int, int]:
     raise ValueError(f"response without Content-Length: {head[:200]!r}")
 
 
-def run(url: str, tokens: list[str], connections: int, seconds: float, timeout: float = 5.0) -> dict[str, Any]:
+def run(
+    url: str, tokens: list[str], connections: int, seconds: float, timeout: float = 5.0
+) -> dict[str, Any]:
     parts = urlsplit(url)
     address = (parts.hostname or "127.0.0.1", parts.port or 80)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -147,7 +149,9 @@ def run(url: str, tokens: list[str], connections: int, seconds: float, timeout: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", required=True)
     parser.add_argument("--tokens", required=True, help="a JSON file holding a list of bearer tokens")
     parser.add_argument("--connections", type=int, default=16)

@@ -12,9 +12,10 @@ Each limit is a fixed-window counter in the cache. ``ApiRateLimits`` counts all 
 on Redis with one command (a Lua script that does ``INCR``, and ``EXPIRE`` on a new counter, for each key,
 atomically), elsewhere with the cache's ``add``/``incr``. Throttling runs on every API request, reads
 included, so it is kept cheap: rates parsed once, keys made without the cache's memcached-style key
-validation (Redis takes any key; ours are a scope, a user id or an address, and a window number). DRF's own throttles keep, per key, the list of every request time in the window and rewrite
-it on each request (thousands of floats pickled per call at API rates), one cache round trip or more per
-throttle. A client may burst up to twice a rate across a window boundary, which is fine for abuse control.
+validation (Redis takes any key; ours are a scope, a user id or an address, and a window number).
+DRF's own throttles keep, per key, the list of every request time in the window and rewrite it on each
+request (thousands of floats pickled per call at API rates), one cache round trip or more per throttle.
+A client may burst up to twice a rate across a window boundary, which is fine for abuse control.
 
 Counters live in the cache: set ``CACHE_URL`` to Redis when several processes serve the API, so they share
 them. The client address is the one django-axes resolves (``get_client_ip_address``).
