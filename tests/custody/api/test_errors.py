@@ -234,3 +234,21 @@ def test_a_request_that_accepts_no_json_is_refused(
     response = world.client("parent").get(f"/api/v1/parent/balance/{query}", HTTP_ACCEPT=accept)
     assert response.status_code == status, response.content[:300]
     assert response.json()["error"]["code"] == code
+
+
+def test_answering_an_answered_refund_is_409_refund_already_answered(world: World) -> None:
+    finance = world.client("finance")
+    url = f"/api/v1/institution/refunds/{world.refund.pk}/answer/"
+    assert finance.post(url, {"approve": True}, format="json", **idem()).status_code == 200
+
+    again = finance.post(url, {"approve": True}, format="json", **idem())
+
+    error = assert_error(again, 409, "refund_already_answered")
+    assert error["details"] == {
+        "entity": "refund",
+        "refund": world.refund.pk,
+        "current": "approved",
+        "target": "approved",
+    }
+    rejected = finance.post(url, {"approve": False, "reason": "不同意 no"}, format="json", **idem())
+    assert assert_error(rejected, 409, "refund_already_answered")["details"]["target"] == "rejected"
