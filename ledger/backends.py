@@ -191,6 +191,8 @@ def _execute_prepared(sql: str, params: dict[str, Any], setup: Sequence[str] = (
 
     Django binds parameters on the client, so PostgreSQL would parse and plan the statement on every call;
     a server-side-binding cursor lets psycopg prepare it once per connection."""
+    # As Django's own cursor() does: drop a connection that failed its health check, then (re)connect.
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     try:
         with psycopg.Cursor(connection.connection) as cursor:
