@@ -124,6 +124,43 @@ def open_account(
     return account
 
 
+@dataclass(frozen=True)
+class NewAccount:
+    code: str
+    type: AccountType | str
+    currency: str = "CNY"
+    limit: Limit = "none"
+    name: str = ""
+
+
+def open_new_accounts(*, accounts: Sequence[NewAccount]) -> list[Account]:
+    """Create accounts whose codes are new, in one statement (all or none); returns them in order.
+
+    For codes the caller has just made unique (e.g. from a primary key drawn in its own transaction), where
+    ``open_account``'s look-up first would be a wasted round trip per account. A code that exists raises
+    ``AccountConflict``, and the caller's transaction cannot go on (no savepoint is taken)."""
+    rows = [
+        Account(
+            code=a.code,
+            name=a.name,
+            type=AccountType(a.type),
+            currency=a.currency.upper(),
+            debits_must_not_exceed_credits=a.limit == "debits_must_not_exceed_credits",
+            credits_must_not_exceed_debits=a.limit == "credits_must_not_exceed_debits",
+        )
+        for a in accounts
+    ]
+    codes = [row.code for row in rows]
+    if len(set(codes)) != len(codes):
+        raise AccountConflict("an account code appears twice", code=codes[0])
+    try:
+        return Account.objects.bulk_create(rows)
+    except IntegrityError as error:
+        if "ledger_account_code" in str(error) or "ledger_account.code" in str(error):
+            raise AccountConflict(f"an account of {sorted(codes)} exists already", codes=codes) from None
+        raise
+
+
 def get_account(ref: AccountRef) -> Account:
     if isinstance(ref, Account):
         return ref
