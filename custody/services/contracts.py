@@ -82,13 +82,14 @@ def sign_contract(
             .get(pk=course.pk)
         )
         institution = course.institution
-        student = Student.objects.select_for_update().get(pk=student.pk)
+        # Locked for the anti-splitting sum; its personal data (encrypted) is not needed here.
+        locked_student = Student.objects.select_for_update().only("pk", "guardian_id").get(pk=student.pk)
         policy, guidance = current_policy_with_guidance(
             institution.jurisdiction, class_size_band=course.class_size_band, mode=course.mode
         )
         renewed = Contract.objects.get(pk=renews.pk) if renews is not None else None
         open_hours, open_latest = contract_selectors.open_contracts_summary(
-            student_id=student.pk, institution_id=institution.pk, subject=course.subject
+            student_id=locked_student.pk, institution_id=institution.pk, subject=course.subject
         )
         today = local_date(now)
         rules.check_signing(
@@ -96,7 +97,7 @@ def sign_contract(
                 policy=policy,
                 institution=institution,
                 course=course,
-                student=student,
+                student=locked_student,
                 today=today,
                 paid_hours=paid_hours,
                 gift_hours=gift_hours,
@@ -134,8 +135,8 @@ def sign_contract(
             number=number,
             institution=institution,
             course=course,
-            student=student,
-            guardian_id=student.guardian_id,
+            student=student,  # the caller's instance, with the personal data it has
+            guardian_id=locked_student.guardian_id,
             policy=policy,
             subject=course.subject,
             paid_hours=paid_hours,
