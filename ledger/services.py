@@ -864,10 +864,9 @@ def _lock_holds(ids: Sequence[int]) -> dict[int, _Hold]:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT id FROM ledger_account WHERE id IN ("
-                "SELECT debit_account_id FROM ledger_pendingtransfer WHERE id = ANY(%s) UNION "
-                "SELECT credit_account_id FROM ledger_pendingtransfer WHERE id = ANY(%s)) "
-                "ORDER BY id FOR NO KEY UPDATE",
-                [list(ids), list(ids)],
+                "SELECT unnest(ARRAY[debit_account_id, credit_account_id]) FROM ledger_pendingtransfer "
+                "WHERE id = ANY(%s)) ORDER BY id FOR NO KEY UPDATE",
+                [list(ids)],
             )
             cursor.execute(
                 f"SELECT {', '.join(_Hold._fields)} FROM ledger_pendingtransfer WHERE id = ANY(%s) "
