@@ -122,6 +122,7 @@ def _accept(
             .filter(number=notice.order_reference)
             .first()
         )
+        existing: Payment | None = None
         if contract is not None and contract.recorded_payment is not None:
             existing = Payment.objects.get(pk=contract.recorded_payment)
         elif contract is None or contract.state != ContractState.AWAITING_PAYMENT:
@@ -130,8 +131,6 @@ def _accept(
             existing = Payment.objects.filter(
                 channel=notice.channel, transaction_id=notice.transaction_id
             ).first()
-        else:
-            existing = None
         if existing is not None:
             if contract is not None and _same_payment(existing, notice, contract):
                 return existing, True
