@@ -14,11 +14,13 @@ and the same content returns the first result and writes nothing, with other con
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -122,6 +124,43 @@ def open_account(
                 f"account {code} exists with other attributes: {sorted(differing)}", code=code
             )
     return account
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    code: str
+    type: AccountType | str
+    currency: str = "CNY"
+    limit: Limit = "none"
+    name: str = ""
+
+
+def open_new_accounts(*, accounts: Sequence[NewAccount]) -> list[Account]:
+    """Create accounts whose codes are new, in one statement (all or none); returns them in order.
+
+    For codes the caller has just made unique (e.g. from a primary key drawn in its own transaction), where
+    ``open_account``'s look-up first would be a wasted round trip per account. A code that exists raises
+    ``AccountConflict``, and the caller's transaction cannot go on (no savepoint is taken)."""
+    rows = [
+        Account(
+            code=a.code,
+            name=a.name,
+            type=AccountType(a.type),
+            currency=a.currency.upper(),
+            debits_must_not_exceed_credits=a.limit == "debits_must_not_exceed_credits",
+            credits_must_not_exceed_debits=a.limit == "credits_must_not_exceed_debits",
+        )
+        for a in accounts
+    ]
+    codes = [row.code for row in rows]
+    if len(set(codes)) != len(codes):
+        raise AccountConflict("an account code appears twice", code=codes[0])
+    try:
+        return Account.objects.bulk_create(rows)
+    except IntegrityError as error:
+        if "ledger_account_code" in str(error) or "ledger_account.code" in str(error):
+            raise AccountConflict(f"an account of {sorted(codes)} exists already", codes=codes) from None
+        raise
 
 
 def get_account(ref: AccountRef) -> Account:
@@ -554,11 +593,9 @@ def create_pending_batch(*, transfers: Sequence[NewPending]) -> list[PendingTran
                 metadata=dict(t.metadata),
             )
         )
-    existing = {
-        p.idempotency_key: p for p in PendingTransfer.objects.filter(idempotency_key__in=hashes.keys())
-    }
-    for key, p in existing.items():
-        if p.request_hash != hashes[key]:
+    existing = _existing_hold_hashes(list(hashes))
+    for key, digest in existing.items():
+        if digest != hashes[key]:
             raise IdempotencyConflict(
                 f"idempotency key {key} was used before with different content", key=key
             )
@@ -578,18 +615,77 @@ def create_pending_batch(*, transfers: Sequence[NewPending]) -> list[PendingTran
                     credits[row.credit_account_id] += row.amount
                 _lock_accounts(debits.keys() | credits.keys())
                 _add_to_pending_totals(debits, credits, sign=+1)
-                now = timezone.now()
-                for row in fresh:
-                    row.created_at = now
-                PendingTransfer.objects.bulk_create(fresh, batch_size=2000)
+                _insert_holds(fresh, now=timezone.now())
         except IntegrityError as error:
             if "idempotency_key" in str(error):
                 # A concurrent request with the same key won; replay its result.
                 return create_pending_batch(transfers=transfers)
             explained = _explain_pending_limit(error, fresh)
             raise explained from None
-    by_key = {p.idempotency_key: p for p in PendingTransfer.objects.filter(idempotency_key__in=hashes.keys())}
+    # The new holds are returned as written (the insert set their ids); only replayed ones are read.
+    by_key = {row.idempotency_key: row for row in fresh}
+    if existing:
+        by_key.update(
+            (p.idempotency_key, p) for p in PendingTransfer.objects.filter(idempotency_key__in=list(existing))
+        )
     return [by_key[t.idempotency_key] for t in transfers]
+
+
+def _existing_hold_hashes(keys: Sequence[str]) -> dict[str, str]:
+    """Request hashes of the holds whose keys exist already, by key: one array query on PostgreSQL."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT idempotency_key, request_hash FROM ledger_pendingtransfer "
+                "WHERE idempotency_key = ANY(%s)",
+                [list(keys)],
+            )
+            return dict(cursor.fetchall())
+    found: dict[str, str] = {}
+    for start in range(0, len(keys), 500):
+        found.update(
+            PendingTransfer.objects.filter(idempotency_key__in=keys[start : start + 500]).values_list(
+                "idempotency_key", "request_hash"
+            )
+        )
+    return found
+
+
+def _insert_holds(rows: Sequence[PendingTransfer], *, now: datetime) -> None:
+    """Insert new holds and set their ids: one ``INSERT … SELECT unnest(…)`` on PostgreSQL (``bulk_create``
+    prepares every value of every row in Python, the larger part of the cost at thousands of rows)."""
+    for row in rows:
+        row.created_at = now
+    if connection.vendor != "postgresql":
+        PendingTransfer.objects.bulk_create(rows, batch_size=2000)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO ledger_pendingtransfer (idempotency_key, request_hash, kind, debit_account_id, "
+            "credit_account_id, amount, currency, state, created_at, expires_at, metadata) "
+            "SELECT u.key, u.hash, u.kind, u.dr, u.cr, u.amount, u.currency, 'pending', %s, u.expires_at, "
+            "u.metadata::jsonb FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], "
+            "%s::bigint[], %s::text[], %s::timestamptz[], %s::text[]) "
+            "AS u(key, hash, kind, dr, cr, amount, currency, expires_at, metadata) "
+            "RETURNING id, idempotency_key",
+            [
+                now,
+                [r.idempotency_key for r in rows],
+                [r.request_hash for r in rows],
+                [r.kind for r in rows],
+                [r.debit_account_id for r in rows],
+                [r.credit_account_id for r in rows],
+                [r.amount for r in rows],
+                [r.currency for r in rows],
+                [r.expires_at for r in rows],
+                [json.dumps(r.metadata) for r in rows],
+            ],
+        )
+        ids = dict((key, id_) for id_, key in cursor.fetchall())
+    for row in rows:
+        row.id = ids[row.idempotency_key]
+        row._state.adding = False
+        row._state.db = connection.alias
 
 
 def _explain_pending_limit(
@@ -670,22 +766,16 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
     if len(set(ids)) != len(ids):
         raise PendingTransferError("a batch may resolve each pending transfer once")
     with transaction.atomic():
-        account_ids: set[int] = set()
-        for dr, cr in PendingTransfer.objects.filter(pk__in=ids).values_list(
-            "debit_account_id", "credit_account_id"
-        ):
-            account_ids.update((dr, cr))
-        _lock_accounts(account_ids)
-        transfers = {p.pk: p for p in PendingTransfer.objects.select_for_update().filter(pk__in=ids)}
-        missing = set(ids) - transfers.keys()
+        holds = _lock_holds(ids)
+        missing = set(ids) - holds.keys()
         if missing:
             raise PendingTransferError(f"no pending transfer {min(missing)}", transfer_id=min(missing))
         now = timezone.now()
         business_now = clock.now()
-        to_apply: list[tuple[PendingTransfer, Resolution, int | None]] = []
+        to_apply: list[tuple[_Hold, Resolution, int | None]] = []
         for r in resolutions:
-            p = transfers[r.transfer_id]
-            state = {"post": "posted", "void": "voided", "expire": "expired"}[r.action]
+            p = holds[r.transfer_id]
+            state = _RESOLVED_STATE[r.action]
             if p.state != PendingTransfer.State.PENDING:
                 if p.resolution_key == r.idempotency_key and p.state == state:
                     requested = p.amount if r.amount is None else to_minor(r.amount)
@@ -698,25 +788,25 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
                 if skip_resolved:
                     continue
                 raise PendingTransferError(
-                    f"pending transfer {p.pk} is already {p.state}; it cannot be {state}",
-                    transfer_id=p.pk,
+                    f"pending transfer {p.id} is already {p.state}; it cannot be {state}",
+                    transfer_id=p.id,
                     state=p.state,
                 )
             if r.action == "post" and p.expires_at is not None and p.expires_at <= business_now:
                 raise PendingTransferError(
-                    f"pending transfer {p.pk} expired at {p.expires_at.isoformat()}; it cannot be posted",
-                    transfer_id=p.pk,
+                    f"pending transfer {p.id} expired at {p.expires_at.isoformat()}; it cannot be posted",
+                    transfer_id=p.id,
                     expires_at=p.expires_at.isoformat(),
                 )
             posted: int | None = None
             if r.action == "post":
                 posted = p.amount if r.amount is None else to_minor(r.amount)
                 if r.amount is not None and r.amount.currency.code != p.currency:
-                    raise CurrencyMismatch(f"pending transfer {p.pk} is in {p.currency}")
+                    raise CurrencyMismatch(f"pending transfer {p.id} is in {p.currency}")
                 if not 0 < posted <= p.amount:
                     raise PendingTransferError(
-                        f"pending transfer {p.pk} holds {p.amount}; cannot post {posted}",
-                        transfer_id=p.pk,
+                        f"pending transfer {p.id} holds {p.amount}; cannot post {posted}",
+                        transfer_id=p.id,
                         held=p.amount,
                         requested=posted,
                     )
@@ -724,18 +814,17 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
         if not to_apply:
             return 0
         # Expiry is the ledger's own job, not a client request: it carries no key (stored NULL), so no
-        # caller-chosen key can collide with it.
-        keys = [r.idempotency_key for _, r, _ in to_apply if r.action != "expire"]
-        reused = (
-            PendingTransfer.objects.filter(resolution_key__in=keys)
-            .exclude(pk__in=[p.pk for p, _, _ in to_apply])
-            .values_list("resolution_key", flat=True)
-            .first()
-        )
-        if reused is not None or len(set(keys)) != len(keys):
-            raise IdempotencyConflict(
-                f"idempotency key {reused or keys[0]} already resolved another pending transfer", key=reused
-            )
+        # caller-chosen key can collide with it. A key that resolved another transfer before is refused by
+        # the unique index on resolution_key when the holds are marked (_mark_resolved).
+        keys: set[str] = set()
+        for _, r, _ in to_apply:
+            if r.action != "expire":
+                if r.idempotency_key in keys:
+                    raise IdempotencyConflict(
+                        f"idempotency key {r.idempotency_key} resolves two pending transfers in one batch",
+                        key=r.idempotency_key,
+                    )
+                keys.add(r.idempotency_key)
         debits: dict[int, int] = defaultdict(int)
         credits: dict[int, int] = defaultdict(int)
         for p, _, _ in to_apply:
@@ -744,24 +833,18 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
         _add_to_pending_totals(debits, credits, sign=-1)
         _mark_resolved(
             [
-                (
-                    p.pk,
-                    {"post": "posted", "void": "voided", "expire": "expired"}[r.action],
-                    posted,
-                    r.idempotency_key or None,
-                    now,
-                )
+                (p.id, _RESOLVED_STATE[r.action], posted, r.idempotency_key or None, now)
                 for p, r, posted in to_apply
             ]
         )
         specs = [
             EntrySpec(
                 idempotency_key=r.idempotency_key,
-                request_hash=request_hash({"op": "post_pending", "transfer": p.pk, "amount": posted}),
+                request_hash=request_hash({"op": "post_pending", "transfer": p.id, "amount": posted}),
                 kind=p.kind,
                 legs=tuple(sorted([(p.debit_account_id, posted), (p.credit_account_id, -posted)])),
-                metadata={**p.metadata, **dict(r.metadata)},
-                pending_transfer_id=p.pk,
+                metadata={**_metadata(p.metadata), **dict(r.metadata)},
+                pending_transfer_id=p.id,
             )
             for p, r, posted in to_apply
             if r.action == "post" and posted
@@ -771,6 +854,55 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
             if len(written) != len(specs):
                 raise IdempotencyConflict("an idempotency key of these posts was used for another entry")
         return len(to_apply)
+
+
+_RESOLVED_STATE: Mapping[str, str] = {"post": "posted", "void": "voided", "expire": "expired"}
+
+
+class _Hold(NamedTuple):
+    """A pending transfer as ``resolve_pending_batch`` reads it: values, not a model instance."""
+
+    id: int
+    state: str
+    amount: int
+    currency: str
+    debit_account_id: int
+    credit_account_id: int
+    expires_at: datetime | None
+    resolution_key: str | None
+    posted_amount: int | None
+    kind: str
+    metadata: str | dict[str, Any]  # JSON text as PostgreSQL returns it to a plain cursor, or decoded
+
+
+def _lock_holds(ids: Sequence[int]) -> dict[int, _Hold]:
+    """Lock the holds' accounts (id order, as every writer does), then the holds, and read them as values.
+    On PostgreSQL two statements whatever the count (arrays, not lists of parameters)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM ledger_account WHERE id IN ("
+                "SELECT unnest(ARRAY[debit_account_id, credit_account_id]) FROM ledger_pendingtransfer "
+                "WHERE id = ANY(%s)) ORDER BY id FOR NO KEY UPDATE",
+                [list(ids)],
+            )
+            cursor.execute(
+                f"SELECT {', '.join(_Hold._fields)} FROM ledger_pendingtransfer WHERE id = ANY(%s) "
+                "ORDER BY id FOR UPDATE",
+                [list(ids)],
+            )
+            return {row[0]: _Hold(*row) for row in cursor.fetchall()}
+    # SQLite: one writer at a time (BEGIN IMMEDIATE), no row locks to take.
+    holds: dict[int, _Hold] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for row in PendingTransfer.objects.filter(pk__in=chunk).values_list(*_Hold._fields):
+            holds[row[0]] = _Hold(*row)
+    return holds
+
+
+def _metadata(value: str | dict[str, Any]) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) else dict(value)
 
 
 def _lock_accounts(account_ids: Iterable[int]) -> None:
@@ -804,6 +936,21 @@ def _add_to_pending_totals(debits: Mapping[int, int], credits: Mapping[int, int]
 
 
 def _mark_resolved(rows: Sequence[tuple[int, str, int | None, str | None, datetime]]) -> None:
+    """Mark the holds resolved. A resolution key that already resolved another hold breaks the unique index
+    on resolution_key: that is ``IdempotencyConflict`` (and the caller's transaction rolls back)."""
+    try:
+        _update_resolved(rows)
+    except IntegrityError as error:
+        if "resolution_key" not in str(error):
+            raise
+        reused = re.search(r"Key \(resolution_key\)=\((.*)\) already exists", str(error))
+        key = reused.group(1) if reused else None
+        raise IdempotencyConflict(
+            f"idempotency key {key or '(of this batch)'} already resolved another pending transfer", key=key
+        ) from None
+
+
+def _update_resolved(rows: Sequence[tuple[int, str, int | None, str | None, datetime]]) -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(

@@ -38,6 +38,32 @@ def latest_ending(contracts: QuerySet[Contract]) -> Contract | None:
     return contracts.order_by("-service_ends_on", "-pk").first()
 
 
+def open_contracts_summary(
+    *, student_id: int, institution_id: int, subject: str
+) -> tuple[int, Contract | None]:
+    """What the anti-splitting rule looks at, in one query: the unconsumed hours of the student's open
+    contracts at this institution in this subject (as ``unconsumed_hours``) and the one whose service period
+    ends last (as ``latest_ending``). A student has only a few open contracts per subject (the 60-hour cap),
+    so they are read as rows, without the encrypted payer account."""
+    rows = list(
+        Contract.objects.filter(
+            student_id=student_id, institution_id=institution_id, subject=subject, state__in=OPEN_STATES
+        ).only(
+            "pk",
+            "number",
+            "state",
+            "service_ends_on",
+            "paid_hours",
+            "gift_hours",
+            "hours_consumed",
+            "hours_pending",
+            "paid_hours_refunded",
+        )
+    )
+    latest = max(rows, key=lambda c: (c.service_ends_on, c.pk), default=None)
+    return sum(c.remaining_hours for c in rows), latest
+
+
 def held_value(contract: Contract) -> Money:
     """What custody holds for this contract and has not released or refunded: the posted balance of
     ``prepaid:c`` (it still includes lessons recorded and not yet confirmed, whose release is pending)."""

@@ -4,8 +4,9 @@
 signings for one student are serialised and the anti-splitting sum cannot be raced), calls
 ``custody.rules.check_signing``, writes the contract pinned to the policy version, and opens its two ledger
 accounts: ``prepaid:c{pk}`` (liability: paid, not yet earned or refunded) and ``refund_payable:c{pk}``
-(liability: approved refunds awaiting the bank). ``transition_contract`` is the only place contract states
-change:
+(liability: approved refunds awaiting the bank). ``transition_contract`` changes one contract's state
+(``activate_paid_contract`` is its one-statement form for a payment callback that holds the row locked; the
+bulk flows use ``_bulk``), always along this table:
 
     awaiting_payment → active | cancelled
     active → completed | refunded
@@ -14,23 +15,23 @@ change:
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, datetime
 
 from django.db import transaction
 from moneyed import Money
 
 from custody import rules
 from custody.errors import IllegalTransition, RuleViolation
-from custody.models import Contract, ContractState, Course, Institution, Student, TrainingCategory
+from custody.models import Contract, ContractState, Course, Student, TrainingCategory
 from custody.selectors import contracts as contract_selectors
-from custody.selectors.policy import current_policy, guidance_price_fen
+from custody.selectors.policy import current_policy_with_guidance
+from custody.services._bulk import reserve_ids
 from custody.services.calendar import local_date
 from ledger import clock
 from ledger.models import AccountType
 from ledger.money import to_minor
-from ledger.services import open_account
+from ledger.services import NewAccount, open_new_accounts
 
 CONTRACT_TRANSITIONS: Mapping[str, frozenset[str]] = {
     ContractState.AWAITING_PAYMENT: frozenset({ContractState.ACTIVE, ContractState.CANCELLED}),
@@ -74,41 +75,68 @@ def sign_contract(
     amount_fen = to_minor(amount)
     now = clock.now()
     with transaction.atomic():
-        institution = Institution.objects.select_for_update().get(pk=course.institution_id)
-        student = Student.objects.select_for_update().get(pk=student.pk)
-        course = Course.objects.get(pk=course.pk)
-        policy = current_policy(institution.jurisdiction)
-        renewed = Contract.objects.get(pk=renews.pk) if renews is not None else None
-        open_contracts = contract_selectors.open_contracts_for(student, institution, course.subject)
-        guidance = (
-            guidance_price_fen(policy, class_size_band=course.class_size_band, mode=course.mode)
-            if course.category == TrainingCategory.SUBJECT
-            else None
+        # The course, its institution (locked) and the jurisdiction, in one read.
+        course = (
+            Course.objects.select_related("institution__jurisdiction")
+            .select_for_update(of=("institution",))
+            .get(pk=course.pk)
         )
+        institution = course.institution
+        # Locked for the anti-splitting sum; its personal data (encrypted) is not needed here.
+        locked_student = Student.objects.select_for_update().only("pk", "guardian_id").get(pk=student.pk)
+        policy, guidance = current_policy_with_guidance(
+            institution.jurisdiction, class_size_band=course.class_size_band, mode=course.mode
+        )
+        renewed = Contract.objects.get(pk=renews.pk) if renews is not None else None
+        open_hours, open_latest = contract_selectors.open_contracts_summary(
+            student_id=locked_student.pk, institution_id=institution.pk, subject=course.subject
+        )
+        today = local_date(now)
         rules.check_signing(
             rules.SigningRequest(
                 policy=policy,
                 institution=institution,
                 course=course,
-                student=student,
-                today=local_date(now),
+                student=locked_student,
+                today=today,
                 paid_hours=paid_hours,
                 gift_hours=gift_hours,
                 amount_fen=amount_fen,
                 service_starts_on=service_starts_on,
                 service_ends_on=service_ends_on,
                 renews=renewed,
-                guidance_price_fen=guidance,
-                open_unconsumed_hours=contract_selectors.unconsumed_hours(open_contracts),
-                open_latest_end=contract_selectors.latest_ending(open_contracts),
+                guidance_price_fen=guidance if course.category == TrainingCategory.SUBJECT else None,
+                open_unconsumed_hours=open_hours,
+                open_latest_end=open_latest,
             )
         )
+        # The key is drawn first, so the number and both accounts are known when the row is inserted: three
+        # statements instead of an insert, two look-ups-then-inserts and an update.
+        (pk,) = reserve_ids(Contract, 1)
+        number = contract_number(today, pk)
+        prepaid, refund = open_new_accounts(
+            accounts=[
+                NewAccount(
+                    code=f"prepaid:c{pk}",
+                    type=AccountType.LIABILITY,
+                    limit="debits_must_not_exceed_credits",
+                    name=f"{number} 预收费 prepaid",
+                ),
+                NewAccount(
+                    code=f"refund_payable:c{pk}",
+                    type=AccountType.LIABILITY,
+                    limit="debits_must_not_exceed_credits",
+                    name=f"{number} 应退费 refund payable",
+                ),
+            ]
+        )
         contract = Contract.objects.create(
-            number=uuid.uuid4().hex,  # replaced below, once the key is known
+            id=pk,
+            number=number,
             institution=institution,
             course=course,
-            student=student,
-            guardian_id=student.guardian_id,
+            student=student,  # the caller's instance, with the personal data it has
+            guardian_id=locked_student.guardian_id,
             policy=policy,
             subject=course.subject,
             paid_hours=paid_hours,
@@ -119,22 +147,25 @@ def sign_contract(
             renews=renewed,
             state=ContractState.AWAITING_PAYMENT,
             signed_at=now,
+            prepaid_account=prepaid,
+            refund_account=refund,
         )
-        contract.number = contract_number(local_date(now), contract.pk)
-        contract.prepaid_account = open_account(
-            code=prepaid_account_code(contract),
-            type=AccountType.LIABILITY,
-            limit="debits_must_not_exceed_credits",
-            name=f"{contract.number} 预收费 prepaid",
-        )
-        contract.refund_account = open_account(
-            code=refund_account_code(contract),
-            type=AccountType.LIABILITY,
-            limit="debits_must_not_exceed_credits",
-            name=f"{contract.number} 应退费 refund payable",
-        )
-        contract.save(update_fields=["number", "prepaid_account", "refund_account"])
     return contract
+
+
+def activate_paid_contract(*, contract: Contract, paid_at: datetime, payer_account: str) -> None:
+    """awaiting_payment → active, for a contract its payment callback holds locked: records who paid and
+    when, in one statement (``transition_contract`` would lock and read the row again). ``contract`` is
+    updated in place."""
+    target = ContractState.ACTIVE
+    if target not in CONTRACT_TRANSITIONS[contract.state]:
+        raise IllegalTransition("contract", contract.state, target)
+    changed = Contract.objects.filter(pk=contract.pk, state=contract.state).update(
+        state=target, paid_at=paid_at, payer_account=payer_account
+    )
+    if changed != 1:
+        raise RuntimeError(f"contract {contract.number} changed state while locked")
+    contract.state, contract.paid_at, contract.payer_account = target, paid_at, payer_account
 
 
 def transition_contract(*, contract: Contract, to_state: ContractState) -> Contract:

@@ -29,6 +29,8 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Subquery
+from moneyed import Money
 
 from custody.channels import CallbackRejected, PaymentNotice, get_verifier
 from custody.errors import NotFound, PaymentRejected
@@ -42,11 +44,12 @@ from custody.models import (
     Payment,
     SupervisionMode,
 )
-from custody.services.contracts import transition_contract
+from custody.services.contracts import activate_paid_contract
 from ledger import clock
+from ledger.errors import AccountNotFound
 from ledger.models import Account, AccountType
 from ledger.money import from_minor
-from ledger.services import NewEntry, credit, debit, open_account, post_batch, transfer
+from ledger.services import NewEntry, credit, debit, open_account, post_batch
 
 TRANSACTION_ID_MAX = Payment._meta.get_field("transaction_id").max_length or 64
 
@@ -104,15 +107,30 @@ def _accept(
     if len(notice.transaction_id) > TRANSACTION_ID_MAX:
         raise _rejected("transaction_id_too_long", "交易号过长", "the transaction id is too long")
     with transaction.atomic():
+        # The contract (locked), what its payment moves, and whether this transaction was recorded before:
+        # one read on the happy path.
         contract = (
             Contract.objects.select_for_update(of=("self",))
-            .select_related("institution", "prepaid_account")
+            .select_related("institution__cash_account", "prepaid_account")
+            .annotate(
+                recorded_payment=Subquery(
+                    Payment.objects.filter(
+                        channel=notice.channel, transaction_id=notice.transaction_id
+                    ).values("pk")[:1]
+                )
+            )
             .filter(number=notice.order_reference)
             .first()
         )
-        existing = Payment.objects.filter(
-            channel=notice.channel, transaction_id=notice.transaction_id
-        ).first()
+        existing: Payment | None = None
+        if contract is not None and contract.recorded_payment is not None:
+            existing = Payment.objects.get(pk=contract.recorded_payment)
+        elif contract is None or contract.state != ContractState.AWAITING_PAYMENT:
+            # Read apart: the subquery saw the snapshot taken before the lock was granted, so a payment that
+            # the lock's previous holder committed (paying this contract) is only visible to a new statement.
+            existing = Payment.objects.filter(
+                channel=notice.channel, transaction_id=notice.transaction_id
+            ).first()
         if existing is not None:
             if contract is not None and _same_payment(existing, notice, contract):
                 return existing, True
@@ -188,19 +206,42 @@ def _check_acceptable(notice: PaymentNotice, contract: Contract) -> None:
 def _record(notice: PaymentNotice, contract: Contract, *, now: datetime) -> Payment:
     if contract.prepaid_account is None:
         raise RuntimeError(f"contract {contract.number} has no prepaid account")
-    entry = transfer(
-        idempotency_key=payment_key(notice.channel, notice.transaction_id),
-        kind="payment",
-        debit_account=clearing_account(notice.channel),
-        credit_account=contract.prepaid_account,
-        amount=from_minor(notice.amount_fen, "CNY"),
-        effective_at=notice.paid_at,
-        metadata={
-            "contract": contract.pk,
-            "channel": notice.channel,
-            "transaction_id": notice.transaction_id,
-        },
-    )
+    amount = from_minor(notice.amount_fen, "CNY")
+    clearing = f"clearing:{notice.channel}"
+    entries = [
+        NewEntry(
+            idempotency_key=payment_key(notice.channel, notice.transaction_id),
+            kind="payment",
+            legs=[debit(clearing, amount), credit(contract.prepaid_account, amount)],
+            effective_at=notice.paid_at,
+            metadata={
+                "contract": contract.pk,
+                "channel": notice.channel,
+                "transaction_id": notice.transaction_id,
+            },
+        )
+    ]
+    # The custody bank's own notice means the money is already in the supervised account: the settlement
+    # is posted with the payment, in the same ledger call.
+    settled = notice.channel == "bank"
+    if settled:
+        entries.append(
+            _settlement_entry(
+                channel=notice.channel,
+                transaction_id=notice.transaction_id,
+                amount=amount,
+                target=settlement_account(contract.institution),
+                clearing=clearing,
+                metadata={"contract": contract.pk},
+            )
+        )
+    try:
+        posted = post_batch(entries=entries).entries
+    except AccountNotFound as missing:
+        if missing.details.get("code") != clearing:
+            raise
+        clearing_account(notice.channel)  # the channel's first payment opens its clearing account
+        posted = post_batch(entries=entries).entries
     payment = Payment.objects.create(
         contract=contract,
         channel=notice.channel,
@@ -211,16 +252,29 @@ def _record(notice: PaymentNotice, contract: Contract, *, now: datetime) -> Paym
         received_at=now,
         payer_account=notice.payer_account,
         raw_payload=notice.raw,
-        entry=entry,
+        entry=posted[0],
+        settlement_entry=posted[1] if settled else None,
+        settled_at=now if settled else None,
     )
-    contract.payer_account = notice.payer_account
-    contract.paid_at = notice.paid_at
-    contract.save(update_fields=["payer_account", "paid_at"])
-    transition_contract(contract=contract, to_state=ContractState.ACTIVE)
-    if notice.channel == "bank":
-        # The custody bank's own notice means the money is already in the supervised account.
-        _settle([payment], now=now)
+    activate_paid_contract(contract=contract, paid_at=notice.paid_at, payer_account=notice.payer_account)
     return payment
+
+
+def _settlement_entry(
+    *,
+    channel: str,
+    transaction_id: str,
+    amount: Money,
+    target: Account,
+    clearing: Account | str,
+    metadata: Mapping[str, Any],
+) -> NewEntry:
+    return NewEntry(
+        idempotency_key=settlement_key(channel, transaction_id),
+        kind="settlement",
+        legs=[debit(target, amount), credit(clearing, amount)],
+        metadata=dict(metadata),
+    )
 
 
 def _log(
@@ -295,12 +349,13 @@ def _settle(payments: Sequence[Payment], *, now: datetime) -> None:
         institution = p.contract.institution
         if institution.pk not in targets:
             targets[institution.pk] = settlement_account(institution)
-        amount = from_minor(p.amount_fen, "CNY")
         entries.append(
-            NewEntry(
-                idempotency_key=settlement_key(p.channel, p.transaction_id),
-                kind="settlement",
-                legs=[debit(targets[institution.pk], amount), credit(clearing[p.channel], amount)],
+            _settlement_entry(
+                channel=p.channel,
+                transaction_id=p.transaction_id,
+                amount=from_minor(p.amount_fen, "CNY"),
+                target=targets[institution.pk],
+                clearing=clearing[p.channel],
                 metadata={"payment": p.pk, "contract": p.contract_id},
             )
         )
