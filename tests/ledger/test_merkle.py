@@ -355,6 +355,12 @@ def test_building_refuses_negative_amounts() -> None:
         merkle.SumTree([SumNode(bytes(32), 1.5)])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not fit"):
         merkle.SumTree([SumNode(bytes(32), merkle.MAX_SUM), SumNode(bytes(32), 1)])
+    with pytest.raises(ValueError, match="32 bytes"):
+        merkle.SumTree.from_parts([bytes(32), bytes(31) + bytes(2)], [1, 2])
+    with pytest.raises(ValueError, match="32 bytes"):
+        merkle.SumTree.from_parts([bytes(32), "x" * 32], [1, 2])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="negative"):
+        merkle.liability_commitments(["a", "b"], [1, -1], bytes(64))
 
 
 def _evil_node(left: SumNode, right: SumNode) -> SumNode:

@@ -294,8 +294,10 @@ def test_a_checkpoint_signs_the_liabilities_root_total_and_group_totals(
     tree = CheckpointProofs.objects.get(checkpoint=checkpoint).liability_tree
     assert tree is not None and tree.root_hash == signed["liabilities_root"]
     assert LiabilityLeaf.objects.filter(tree=tree).count() == len(SYNTHETIC)
-    # Salts are 32 random bytes each, all different.
-    salts = list(LiabilityLeaf.objects.filter(tree=tree).values_list("salt", flat=True))
+    # Salts are not stored: each leaf's 32 bytes derive from the tree's secret key, all different.
+    assert set(LiabilityLeaf.objects.filter(tree=tree).values_list("salt", flat=True)) == {None}
+    assert tree.salt_key is not None and len(bytes(tree.salt_key)) == 32
+    salts = [proofs.liability_proof(reference, checkpoint)["salt"] for reference, _, _ in SYNTHETIC]
     assert len(set(salts)) == len(salts) and all(len(bytes.fromhex(s)) == 32 for s in salts)
     verify.verify_checkpoint(proofs.checkpoint_document(checkpoint), platform_key(), verify.Report())
 
@@ -339,7 +341,19 @@ def test_an_empty_set_of_liabilities_signs_a_zero_total() -> None:
         ([("contract:1", "i", True)], InvalidAmount, "non-negative"),
         ([("contract:1", "i", 1), ("contract:1", "j", 2)], proofs.InvalidLiabilities, "twice"),
         ([("", "i", 1)], proofs.InvalidLiabilities, "reference"),
+        ([("x" * 201, "i", 1)], proofs.InvalidLiabilities, "reference"),
+        ([(7, "i", 1)], proofs.InvalidLiabilities, "reference"),
         ([("contract:1", "", 1)], proofs.InvalidLiabilities, "group"),
+        ([("contract:1", None, 1)], proofs.InvalidLiabilities, "group"),
+        ([("contract:1", "i", 1), ("contract:2", "i")], proofs.InvalidLiabilities, "must be"),
+        ([("contract:1", "i", 1), 5], proofs.InvalidLiabilities, "must be"),
+        ([("contract:1", "i", 1), {"a": 1, "b": 2, "c": 3}], proofs.InvalidLiabilities, "must be"),
+        # A bad row among many good ones is still found and named.
+        (
+            [(f"contract:{i}", "i", i) for i in range(500)] + [("contract:7", "j", 1)],
+            proofs.InvalidLiabilities,
+            "twice: contract:7",
+        ),
     ],
 )
 def test_invalid_liabilities_are_refused_before_anything_is_signed(
@@ -348,6 +362,68 @@ def test_invalid_liabilities_are_refused_before_anything_is_signed(
     with pytest.raises(error, match=match):
         proofs.create_checkpoint_with_proofs(liabilities=leaves)
     assert (Checkpoint.objects.count(), LiabilityTree.objects.count()) == (0, 0)
+
+
+def test_leaves_are_ordered_by_group_then_as_given() -> None:
+    given = [("r:3", "g:b", 3), ("r:1", "g:a", 1), ("r:2", "g:b", 2), ("r:0", "g:a", 0)]
+    checkpoint = proofs.create_checkpoint_with_proofs(liabilities=given)
+    stored = list(
+        LiabilityLeaf.objects.order_by("group_position", "position").values_list("reference", flat=True)
+    )
+    assert stored == ["r:1", "r:0", "r:3", "r:2"]
+    assert [(g["group"], g["count"]) for g in proofs_tree(checkpoint).groups] == [("g:a", 2), ("g:b", 2)]
+
+
+def proofs_tree(checkpoint: Checkpoint) -> LiabilityTree:
+    tree = CheckpointProofs.objects.get(checkpoint=checkpoint).liability_tree
+    assert tree is not None
+    return tree
+
+
+def test_each_salt_is_the_aes_block_pair_of_its_leaf_index() -> None:
+    """Leaf i's salt is AES-256(key, 2i) || AES-256(key, 2i + 1): the bulk keystream used to build the
+    tree and the slice a proof derives agree, for any place and length."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = bytes(range(32))
+    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    expected = b"".join(
+        ecb.update((2 * i).to_bytes(16, "big") + (2 * i + 1).to_bytes(16, "big")) for i in range(40)
+    )
+    assert proofs.leaf_salts(key, 0, 40) == expected
+    assert proofs.leaf_salts(key, 13, 5) == expected[13 * 32 : 18 * 32]
+    assert proofs.leaf_salts(bytes(32), 0, 40) != expected
+
+
+def test_a_leaf_is_found_by_its_group_and_not_under_another() -> None:
+    checkpoint = proofs.create_checkpoint_with_proofs(liabilities=SYNTHETIC)
+    assert proofs.liability_proof("contract:c3", checkpoint, group="institution:c")["amount"] == 42
+    for group in ("institution:a", "institution:zz"):
+        with pytest.raises(proofs.ProofUnavailable, match="not among"):
+            proofs.liability_proof("contract:c3", checkpoint, group=group)
+
+
+def test_a_tree_signed_before_salt_keys_serves_proofs_from_its_stored_salts() -> None:
+    """Trees stored before ``salt_key`` kept each leaf's salt in hex; their proofs are still served, and a
+    lost salt is a mismatch, not a crash."""
+    checkpoint = proofs.create_checkpoint_with_proofs(liabilities=SYNTHETIC)
+    tree = proofs_tree(checkpoint)
+    key = bytes(tree.salt_key)
+    for group_position, group in enumerate(tree.groups):
+        first = sum(g["count"] for g in tree.groups[:group_position])
+        for position in range(group["count"]):
+            salt = proofs.leaf_salts(key, first + position, 1).hex()
+            LiabilityLeaf.objects.filter(tree=tree, group_position=group_position, position=position).update(
+                salt=salt
+            )
+    LiabilityTree.objects.filter(pk=tree.pk).update(salt_key=None)
+    before = proofs.leaf_salts(key, 0, 1).hex()
+    assert proofs.liability_proof("contract:a1", checkpoint)["salt"] == before
+    for reference, _, _ in SYNTHETIC:
+        proofs.liability_proof(reference, checkpoint)
+    LiabilityLeaf.objects.filter(tree=tree, reference="contract:b1").update(salt=None)
+    with pytest.raises(proofs.ProofMismatch, match="lost its salt"):
+        proofs.liability_proof("contract:b1", checkpoint)
 
 
 def test_a_changed_stored_liability_is_refused_not_served() -> None:
