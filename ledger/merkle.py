@@ -138,17 +138,7 @@ class MerkleTree:
         size = self.size if size is None else size
         if not 0 <= index < size <= self.size:
             raise ValueError(f"leaf {index} is not in a tree of {size} leaves")
-        start, end, path = 0, size, []
-        while end - start > 1:
-            k = _split(end - start)
-            if index < start + k:
-                path.append(self._subtree(start + k, end))
-                end = start + k
-            else:
-                path.append(self._subtree(start, start + k))
-                start += k
-        path.reverse()
-        return path
+        return [self._subtree(start, end) for start, end in inclusion_subtrees(index, size)]
 
     def consistency_proof(self, old_size: int, size: int | None = None) -> list[bytes]:
         """RFC 9162 §2.1.4.1 PROOF(old_size, D[0:size]): what proves the old tree is a prefix of this one."""
@@ -173,6 +163,48 @@ class MerkleTree:
         proof = [] if complete else [self._subtree(start, end)]
         proof.extend(reversed(outer))
         return proof
+
+
+def inclusion_subtrees(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges ``[start, end)`` whose roots form PATH(index, D[0:size]), from the leaf up."""
+    if not 0 <= index < size:
+        raise ValueError(f"leaf {index} is not in a tree of {size} leaves")
+    start, end, ranges = 0, size, []
+    while end - start > 1:
+        k = _split(end - start)
+        if index < start + k:
+            ranges.append((start + k, end))
+            end = start + k
+        else:
+            ranges.append((start, start + k))
+            start += k
+    ranges.reverse()
+    return ranges
+
+
+def perfect_cover(start: int, end: int) -> list[tuple[int, int]]:
+    """The perfect subtrees ``(height, index)`` (leaves ``[index * 2**height, (index + 1) * 2**height)``),
+    left to right, whose ``fold`` is the root of leaves ``[start, end)``, for a range that is one node of an
+    RFC 9162 tree: aligned, and perfect or ending at the tree's last leaf. At most one per level."""
+    nodes = []
+    while start < end:
+        width = end - start
+        k = width if width & (width - 1) == 0 else _split(width)
+        height = k.bit_length() - 1
+        if start % k:
+            raise ValueError(f"leaves [{start}, {end}) are not one node of a tree")
+        nodes.append((height, start >> height))
+        start += k
+    return nodes
+
+
+def fold(hashes: list[bytes]) -> bytes:
+    """The root over perfect subtrees given left to right (largest first), as RFC 9162 splits: each one is
+    the left child of the rest."""
+    root = hashes[-1]
+    for left in reversed(hashes[:-1]):
+        root = node_hash(left, root)
+    return root
 
 
 def tree_root(leaves: list[bytes] | tuple[bytes, ...]) -> bytes:
@@ -293,12 +325,16 @@ class CompactRange:
         self.extend([leaf_hash_value])
 
     def extend(
-        self, leaf_hashes: Sequence[bytes], completed: Callable[[int, int, bytes], None] | None = None
+        self,
+        leaf_hashes: Sequence[bytes],
+        completed: Callable[[int, int, bytes], None] | None = None,
+        min_height: int = 1,
     ) -> None:
         """Append leaves in order: each merges the equal-sized subtrees it completes (one per trailing zero
         bit of the new size). ``completed(height, index, hash)``, when given, is told of every perfect
-        subtree finished on the way (leaves ``[index * 2**height, (index + 1) * 2**height)``): history is
-        append-only, so such a node never changes and can be stored to serve later proofs."""
+        subtree of ``min_height`` or more finished on the way (leaves ``[index * 2**height, (index + 1) *
+        2**height)``): history is append-only, so such a node never changes and can be stored to serve
+        later proofs."""
         hashes, size, sha256, prefix = self.hashes, self.size, hashlib.sha256, _NODE_PREFIX
         for value in leaf_hashes:
             if len(value) != HASH_SIZE:
@@ -311,17 +347,12 @@ class CompactRange:
                 hashes[-1] = sha256(prefix + hashes[-1] + right).digest()
                 merges >>= 1
                 height += 1
-                if completed is not None:
+                if completed is not None and height >= min_height:
                     completed(height, (size >> height) - 1, hashes[-1])
             self.size = size
 
     def root(self) -> bytes:
-        if not self.hashes:
-            return EMPTY_ROOT
-        root = self.hashes[-1]
-        for left in reversed(self.hashes[:-1]):
-            root = node_hash(left, root)
-        return root
+        return fold(self.hashes) if self.hashes else EMPTY_ROOT
 
     def check(self) -> None:
         if len(self.hashes) != bin(self.size).count("1"):

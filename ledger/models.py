@@ -348,3 +348,25 @@ class CheckpointProofs(models.Model):
 
     def __str__(self) -> str:
         return f"proofs of checkpoint {self.checkpoint_id}: log of {self.log_size}"
+
+
+class LogNode(models.Model):
+    """A perfect subtree of the entry log's Merkle tree: the root of links ``index * 2**height + 1`` to
+    ``(index + 1) * 2**height`` (by seq), stored by the checkpoint that completed it, for subtrees of
+    ``ledger.proofs.LOG_NODE_MIN_HEIGHT`` and up (one row per 128 links).
+
+    History only grows, so such a node never changes: an inclusion proof takes its sibling hashes from
+    these rows and at most two blocks of links below them (O(log n) reads) instead of every link. Nothing
+    here is trusted: a proof from a changed row no longer leads to the signed root (``ProofMismatch``)."""
+
+    height = models.SmallIntegerField()
+    index = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["height", "index"], name="ledger_lognode_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"log node {self.height}/{self.index}"

@@ -6,9 +6,12 @@ A checkpoint made by ``create_checkpoint_with_proofs`` signs, besides the chain 
 
 - ``log_root`` / ``log_size``: the RFC 9162 Merkle root over the chain's link hashes in ``seq`` order (leaf =
   the link's 32-byte hash; size = ``chain_seq``). It is extended from the previous checkpoint's right edge
-  (``CheckpointProofs.log_frontier``), so signing costs the entries sealed since then, not all history.
-  ``entry_inclusion_proof`` shows one entry is in it; ``consistency_proof`` shows a newer checkpoint only
-  appended to an older one.
+  (``CheckpointProofs.log_frontier``), so signing costs the entries sealed since then, not all history,
+  and stores the perfect subtrees of 256 links and up it completes (``LogNode``), as transparency logs
+  keep tiles. ``entry_inclusion_proof`` shows one entry is in it, read from those subtrees and two blocks
+  of links (O(log n)); ``consistency_proof`` shows a newer checkpoint only appended to an older one (it
+  and the checkpoint file's head path re-read every link: they are also the check that history before
+  the checkpoint was not rewritten).
 - ``liabilities_root`` / ``liabilities_total`` / ``group_totals`` (when liabilities are given): a
   Merkle-sum tree with one subtree per group (e.g. per institution) under a top tree over the groups, so one
   ``liability_proof`` shows a parent that their contract's amount is counted both in their institution's
@@ -34,17 +37,20 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ledger import chain, merkle, verify
 from ledger.canonical import canonical_json, timestamp
 from ledger.errors import InvalidAmount, LedgerError
-from ledger.models import ChainLink, Checkpoint, CheckpointProofs, LiabilityLeaf, LiabilityTree
+from ledger.models import ChainLink, Checkpoint, CheckpointProofs, LiabilityLeaf, LiabilityTree, LogNode
 
 PROOF_VERSION = verify.PROOF_VERSION
 _LINK_CHUNK = 50_000
 _INSERT_CHUNK = 10_000
 _COPY_LINES = 50_000
+# Perfect log subtrees of 2**8 links and up are stored (``LogNode``); smaller ones are hashed from links.
+LOG_NODE_MIN_HEIGHT = 8
 _SALT_KEY_SIZE = 32
 _LEAF_COLUMNS = ("tree_id", "group_position", "position", "reference", "amount")
 
@@ -299,16 +305,22 @@ def _extend_log(seq: int, head_hash: str) -> merkle.CompactRange:
                 f"{base.checkpoint_id} no longer matches its signed root; run verify_ledger",
                 checkpoint=base.checkpoint_id,
             )
-    last, batch = b"", []
+    last, batch, nodes = b"", [], []
+
+    def completed(height: int, index: int, digest: bytes) -> None:
+        nodes.append(LogNode(height=height, index=index, hash=digest.hex()))
+
     for digest in _link_hashes(frontier.size + 1, seq):
         batch.append(merkle.leaf_hash(digest))
         last = digest
         if len(batch) == _LINK_CHUNK:
-            frontier.extend(batch)
+            frontier.extend(batch, completed, LOG_NODE_MIN_HEIGHT)
             batch = []
-    frontier.extend(batch)
+    frontier.extend(batch, completed, LOG_NODE_MIN_HEIGHT)
     if seq > (base.log_size if base else 0) and last.hex() != head_hash:
         raise ProofMismatch(f"chain link {seq} changed while signing", seq=seq)
+    # Another checkpoint may have stored the same nodes (they never change): keep the first.
+    LogNode.objects.bulk_create(nodes, ignore_conflicts=True)
     return frontier
 
 
@@ -375,6 +387,38 @@ def log_tree(size: int) -> merkle.MerkleTree:
     return merkle.MerkleTree(b"".join(merkle.leaf_hash(digest) for digest in _link_hashes(1, size)))
 
 
+def stored_inclusion_path(index: int, size: int) -> list[bytes] | None:
+    """PATH(index, D[0:size]) of the entry log from stored subtrees (``LogNode``) and at most two blocks of
+    2**LOG_NODE_MIN_HEIGHT links (the leaf's own and the log's last): O(log n) rows, not every link. None
+    when a subtree it needs was never stored (history sealed before subtrees were kept)."""
+    covers = [merkle.perfect_cover(start, end) for start, end in merkle.inclusion_subtrees(index, size)]
+    wanted = {node for cover in covers for node in cover}
+    high = [node for node in wanted if node[0] >= LOG_NODE_MIN_HEIGHT]
+    hashes: dict[tuple[int, int], bytes] = {}
+    if high:
+        positions = Q()
+        for height, number in high:
+            positions |= Q(height=height, index=number)
+        for height, number, stored in LogNode.objects.filter(positions).values_list(
+            "height", "index", "hash"
+        ):
+            hashes[height, number] = bytes.fromhex(stored)
+        if len(hashes) < len(high):
+            return None
+    block = 1 << LOG_NODE_MIN_HEIGHT
+    low = [node for node in wanted if node[0] < LOG_NODE_MIN_HEIGHT]
+    leaves: dict[int, bytes] = {}
+    for first in sorted({(number << height) // block * block for height, number in low}):
+        for offset, digest in enumerate(_link_hashes(first + 1, min(first + block, size))):
+            leaves[first + offset] = merkle.leaf_hash(digest)
+    for height, number in low:
+        start = number << height
+        hashes[height, number] = merkle.MerkleTree(
+            b"".join(leaves[i] for i in range(start, start + (1 << height)))
+        ).root()
+    return [merkle.fold([hashes[node] for node in cover]) for cover in covers]
+
+
 def checkpoint_document(checkpoint: Checkpoint, *, head_proof: bool = True) -> dict[str, Any]:
     """The checkpoint as a file for ``python -m ledger.verify``: the signed payload and signature, plus (not
     signed, checked) the inclusion path showing the chain head is the last leaf of the signed log tree."""
@@ -405,7 +449,9 @@ def checkpoint_document(checkpoint: Checkpoint, *, head_proof: bool = True) -> d
 
 
 def entry_inclusion_proof(entry_id: int, checkpoint: Checkpoint, *, check: bool = True) -> dict[str, Any]:
-    """Proof that entry ``entry_id``, with its content, is in the log ``checkpoint`` signed.
+    """Proof that entry ``entry_id``, with its content, is in the log ``checkpoint`` signed. Its path comes
+    from the stored log subtrees (``stored_inclusion_path``), or from every link up to the checkpoint for
+    history sealed before subtrees were stored.
 
     With ``check=False`` the proof is returned even when it does not verify (evidence of tampering)."""
     proofs, body = _proofs_of(checkpoint)
@@ -419,8 +465,9 @@ def entry_inclusion_proof(entry_id: int, checkpoint: Checkpoint, *, check: bool 
             f"{checkpoint.pk}; use a later checkpoint",
             entry=entry_id,
         )
-    tree = log_tree(proofs.log_size)
-    path = tree.inclusion_proof(seq - 1)
+    path = stored_inclusion_path(seq - 1, proofs.log_size)
+    if path is None:
+        path = log_tree(proofs.log_size).inclusion_proof(seq - 1)
     proof = {
         "type": "entry_inclusion",
         "version": PROOF_VERSION,

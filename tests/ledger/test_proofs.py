@@ -26,6 +26,7 @@ from ledger.models import (
     Entry,
     LiabilityLeaf,
     LiabilityTree,
+    LogNode,
     Posting,
 )
 from ledger.money import cny
@@ -154,6 +155,58 @@ def test_every_entry_has_an_inclusion_proof_that_verifies(pays: Callable[[int], 
         report = verify.Report()
         verify.verify_entry_inclusion(json.loads(json.dumps(proof)), document, platform_key(), report)
         assert any(f"link {proof['seq']} is in the signed log tree" in line for line in report.lines)
+
+
+def test_inclusion_proofs_read_stored_subtrees_and_two_blocks_of_links(
+    pays: Callable[[int], list[Entry]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints store every perfect subtree of the log they complete (here of 4 links and up, so a small
+    log has some); a proof then reads those and at most two blocks of 4 links, and is the same proof a
+    rebuild of the whole tree gives, for every entry of every checkpoint."""
+    monkeypatch.setattr(proofs, "LOG_NODE_MIN_HEIGHT", 2)
+    checkpoints = []
+    for batch in (5, 9, 17):
+        pays(batch)
+        checkpoints.append(proofs.create_checkpoint_with_proofs())
+    total = ChainLink.objects.count()
+    assert set(LogNode.objects.values_list("height", "index")) == {
+        (h, i) for h in range(2, total.bit_length()) for i in range(total >> h)
+    }
+    read: list[tuple[int, int]] = []
+    links = proofs._link_hashes
+
+    def counted(first: int, last: int) -> Iterator[bytes]:
+        read.append((first, last))
+        return links(first, last)
+
+    monkeypatch.setattr(proofs, "_link_hashes", counted)
+    for checkpoint in checkpoints:
+        size = body(checkpoint)["log_size"]
+        full = merkle.MerkleTree.from_leaves(link_hashes()[:size])
+        for seq, entry_id in ChainLink.objects.filter(seq__lte=size).values_list("seq", "entry_id"):
+            read.clear()
+            proof = proofs.entry_inclusion_proof(entry_id, checkpoint)
+            assert proof["path"] == [h.hex() for h in full.inclusion_proof(seq - 1)]
+            assert len(read) <= 2 and sum(last - first + 1 for first, last in read) <= 8
+
+
+def test_a_changed_stored_subtree_is_refused_and_a_missing_one_falls_back_to_the_links(
+    pays: Callable[[int], list[Entry]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proofs, "LOG_NODE_MIN_HEIGHT", 2)
+    pays(9)
+    checkpoint = proofs.create_checkpoint_with_proofs()
+    first_entry = ChainLink.objects.get(seq=1).entry_id
+    # Link 1's path holds the subtree of links 5-8: (height 2, index 1).
+    LogNode.objects.filter(height=2, index=1).update(hash="00" * 32)
+    with pytest.raises(proofs.ProofMismatch, match="does not verify"):
+        proofs.entry_inclusion_proof(first_entry, checkpoint)
+    # History sealed before subtrees were stored: proven from every link, as before.
+    LogNode.objects.all().delete()
+    proof = proofs.entry_inclusion_proof(first_entry, checkpoint)
+    verify.verify_entry_inclusion(
+        proof, proofs.checkpoint_document(checkpoint), platform_key(), verify.Report()
+    )
 
 
 def test_the_standalone_canonical_form_is_the_ledgers(accounts: Chart) -> None:
