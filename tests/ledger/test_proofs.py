@@ -417,6 +417,19 @@ def test_invalid_liabilities_are_refused_before_anything_is_signed(
     assert (Checkpoint.objects.count(), LiabilityTree.objects.count()) == (0, 0)
 
 
+def test_references_with_copy_control_characters_are_stored_as_given() -> None:
+    """PostgreSQL stores leaves by COPY in text format: a backslash, tab or newline in a reference must not
+    shift a column or change the reference."""
+    odd = [("a\\b", "g:1", 5), ("tab\there", "g:1", 6), ("new\nline\r", "g:2", 7), ("\\N", "g:2", 8)]
+    checkpoint = proofs.create_checkpoint_with_proofs(liabilities=odd)
+    assert sorted(LiabilityLeaf.objects.values_list("reference", "amount")) == sorted(
+        (reference, amount) for reference, _, amount in odd
+    )
+    for reference, group, amount in odd:
+        proof = proofs.liability_proof(reference, checkpoint, group=group)
+        assert (proof["reference"], proof["amount"]) == (reference, amount)
+
+
 def test_leaves_are_ordered_by_group_then_as_given() -> None:
     given = [("r:3", "g:b", 3), ("r:1", "g:a", 1), ("r:2", "g:b", 2), ("r:0", "g:a", 0)]
     checkpoint = proofs.create_checkpoint_with_proofs(liabilities=given)
