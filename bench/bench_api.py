@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -361,67 +360,44 @@ def _wrk(base: str, tokens: list[str], seconds: float) -> dict[str, Any]:
 
 
 def _python_client(base: str, tokens: list[str], seconds: float) -> dict[str, Any]:
-    """Fallback without wrk: ``WRK_CONNECTIONS`` threads with keep-alive connections (its own CPU use is
-    far higher than wrk's, so it under-reports what the server can do)."""
-    import http.client
-
-    host, port = base.removeprefix("http://").split(":")
-    latencies: list[list[float]] = [[] for _ in range(WRK_CONNECTIONS)]
-    failures = [0] * WRK_CONNECTIONS
-    stop = time.monotonic() + seconds
-
-    def worker(index: int) -> None:
-        connection = http.client.HTTPConnection(host, int(port), timeout=5)
-        n = index
-        while time.monotonic() < stop:
-            n += WRK_CONNECTIONS
-            started = time.perf_counter()
-            try:
-                connection.request(
-                    "GET",
-                    "/api/v1/parent/balance/",
-                    headers={"Authorization": f"Bearer {tokens[n % len(tokens)]}"},
-                )
-                answer = connection.getresponse()
-                answer.read()
-                if answer.status != 200:
-                    failures[index] += 1
-            except OSError:
-                failures[index] += 1
-                connection.close()
-                connection = http.client.HTTPConnection(host, int(port), timeout=5)
-                continue
-            latencies[index].append(time.perf_counter() - started)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(WRK_CONNECTIONS)]
-    begun = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - begun
-    every = sorted(x for per in latencies for x in per)
-    if not every:
-        raise RuntimeError("the Python client completed no request")
-    return {
-        "requests": len(every),
-        "duration_us": int(elapsed * 1e6),
-        "socket_errors": 0,
-        "non2xx": sum(failures),
-        "p50_us": int(every[len(every) // 2] * 1e6),
-        "p99_us": int(every[min(len(every) - 1, int(len(every) * 0.99))] * 1e6),
-        "max_us": int(every[-1] * 1e6),
-        "client": f"Python threads x{WRK_CONNECTIONS} (wrk not installed)",
-    }
+    """Without wrk: bench/loadgen.py, a one-thread event-loop client in its own process (its CPU is counted
+    as the client's, like wrk's)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as listing:
+        json.dump(tokens, listing)
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "loadgen.py"),
+                "--url",
+                f"{base}/api/v1/parent/balance/",
+                "--tokens",
+                listing.name,
+                "--connections",
+                str(WRK_CONNECTIONS),
+                "--seconds",
+                str(seconds),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(listing.name)
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+    return dict(
+        json.loads(line[len("RESULT ") :]),
+        client=f"bench/loadgen.py, 1 process, {WRK_CONNECTIONS} keep-alive connections (wrk not installed)",
+    )
 
 
 def _client_cpu() -> float:
-    """CPU time of this process's finished children (wrk) and of its own threads (the Python client)."""
+    """CPU time of this process's finished children: the load client (wrk or bench/loadgen.py)."""
     import resource
 
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return children.ru_utime + children.ru_stime + own.ru_utime + own.ru_stime
+    return children.ru_utime + children.ru_stime
 
 
 def _load(base: str, tokens: list[str], seconds: float) -> dict[str, Any]:
@@ -465,6 +441,17 @@ def _balance_run() -> dict[str, Any]:
         tokens.append(issue_api_token(user=guardian.user, otp_verified=False)[0])
     seeded = time.monotonic() - started
     connection.close()
+    _balance_result = {
+        **measure_balance(tokens),
+        "parents": BALANCE_PARENTS,
+        "seed_seconds": round(seeded, 1),
+    }
+    return _balance_result
+
+
+def measure_balance(tokens: list[str]) -> dict[str, Any]:
+    """Serve the balance to these parents' tokens under load and measure it (the seeded data must give the
+    first token's parent two contracts, 1,200.00 paid)."""
     load_before = os.getloadavg()[0]
     with production_server() as base:
         status, body = _call(base, "GET", "/api/v1/parent/balance/", tokens[0])
@@ -483,7 +470,7 @@ def _balance_run() -> dict[str, Any]:
     if result["non2xx"] or result["socket_errors"]:
         raise RuntimeError(f"the load run had failures: {result}")
     seconds = result["duration_us"] / 1e6
-    _balance_result = {
+    return {
         **result,
         "rps": result["requests"] / seconds,
         "p99_ms": result["p99_us"] / 1000,
@@ -494,12 +481,9 @@ def _balance_run() -> dict[str, Any]:
             name: round(used * 1000 / result["requests"], 3) for name, used in cpu_parts.items()
         },
         "idle_2_core_capacity_rps": round(2 / (cpu_used / result["requests"])),
-        "parents": BALANCE_PARENTS,
-        "seed_seconds": round(seeded, 1),
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
     }
-    return _balance_result
 
 
 def _workers() -> str:

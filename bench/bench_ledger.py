@@ -238,6 +238,22 @@ def _timed_calls(call: Callable[[], object], *, warmup: int, samples: int) -> li
     return times
 
 
+def _commit_floor_ms(samples: int = 300) -> float:
+    """Median wall time of a one-row INSERT + COMMIT on this server: the WAL flush every serial transaction
+    waits for (synchronous_commit and fsync as configured), so a serial figure can be read against it."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS bench_commit_floor (n integer)")
+        times = []
+        for n in range(samples):
+            started = time.perf_counter()
+            cursor.execute("INSERT INTO bench_commit_floor VALUES (%s)", [n])  # autocommit: one flush each
+            times.append((time.perf_counter() - started) * 1000)
+        cursor.execute("TRUNCATE bench_commit_floor")
+    return round(statistics.median(times), 3)
+
+
 def _percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -265,6 +281,7 @@ def post_serial_tps() -> tuple[float, str, dict[str, Any]]:
         a, b = rng.sample(wallets, 2)
         pairs.append((a, b))
     assert not connection.in_atomic_block, "transfer must run outside atomic() for the autocommit path"
+    commit_floor = _commit_floor_ms()
 
     counter = 0
 
@@ -305,8 +322,10 @@ def post_serial_tps() -> tuple[float, str, dict[str, Any]]:
         _base_conditions(
             f"1 process, services.transfer in autocommit (2 postings), {done:,} transfers in "
             f"{elapsed:.1f} s; {_split_note(_cpu_split(python_cpu, backend_cpu, done, elapsed))}; "
+            f"a bare one-row INSERT + COMMIT takes {commit_floor:.2f} ms here (median); "
             f"{_load_note(load_before)}",
             processes=1,
+            commit_floor_ms=commit_floor,
             connections=1,
             workload=(
                 f"services.transfer outside atomic() (one autocommit round trip each), 2 postings, "

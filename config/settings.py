@@ -217,6 +217,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "custody.api.defaults.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "custody.api.defaults.JsonContentNegotiation",
     "DEFAULT_PARSER_CLASSES": ["custody.api.defaults.JSONBodyParser"],
     "EXCEPTION_HANDLER": "custody.api.errors.exception_handler",
     # Per user, per address, and per scope (sign-in, callbacks), counted together (custody/api/throttling.py).

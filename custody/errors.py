@@ -45,6 +45,25 @@ class IllegalTransition(CustodyError):
         )
 
 
+class RefundAlreadyAnswered(IllegalTransition):
+    """Only a claimed refund (待答复) can be answered. An approved, instructed, paid or rejected one is past
+    the answer; in particular an instructed refund is at the bank, and a failed payout is put back to
+    approved by the bank's answer (``payouts.record_payout_result``), never by the institution."""
+
+    code = "refund_already_answered"
+
+    def __init__(self, refund_id: int, current: str, target: str) -> None:
+        CustodyError.__init__(
+            self,
+            f"退费申请已答复（当前状态{current}），只有待答复的申请才能同意或拒绝 "
+            f"the refund is already {current}; only a claimed refund can be approved or rejected",
+            entity="refund",
+            refund=refund_id,
+            current=current,
+            target=target,
+        )
+
+
 class NotFound(CustodyError):
     code = "not_found"
 

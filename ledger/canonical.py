@@ -14,8 +14,13 @@ from typing import Any
 GENESIS_HASH = "0" * 64
 
 
+# One encoder, built once: json.dumps with these options would build a new one per call (batches hash
+# thousands of requests).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return _CANONICAL.encode(value).encode()
 
 
 def sha256_hex(data: bytes) -> str:

@@ -24,7 +24,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from custody.models import ApiToken
-from custody.selectors.access import Actor, actor_for, token_holder
+from custody.selectors.access import Actor, actor_for, partial_instance, token_holder
 from custody.services.access import hash_token, requires_two_factor
 
 ACTOR_ATTRIBUTE = "_custody_actor"
@@ -78,8 +78,9 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             )
         set_actor(request, holder.actor)
         # The token row itself is loaded only if a view asks for it (signing out).
-        token = ApiToken(id=holder.token_id, user_id=holder.user.pk, otp_verified=holder.otp_verified)
-        token._state.adding = False
+        token = partial_instance(
+            ApiToken, id=holder.token_id, user_id=holder.user.pk, otp_verified=holder.otp_verified
+        )
         return holder.user, token
 
     def authenticate_header(self, request: Request) -> str:

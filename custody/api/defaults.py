@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework.exceptions import ParseError
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
@@ -37,3 +38,23 @@ class JSONBodyParser(JSONParser):
             return super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise ParseError("JSON nested too deeply") from None
+
+
+class JsonContentNegotiation(DefaultContentNegotiation):
+    """``DEFAULT_CONTENT_NEGOTIATION_CLASS``: the API renders only JSON, so a request that plainly accepts it
+    (no ``Accept`` header, ``*/*`` or ``application/json``, no ``?format=``) is answered without parsing its
+    ``Accept`` header into media types, which DRF does on every request, reads included. Anything else is
+    negotiated by DRF as before (406 ``not_acceptable`` when nothing fits)."""
+
+    PLAIN_ACCEPT = frozenset({"", "*/*", "application/json"})
+
+    def select_renderer(self, request: Request, renderers: Any, format_suffix: str | None = None) -> Any:
+        if (
+            format_suffix is None
+            and len(renderers) == 1
+            and renderers[0].media_type == "application/json"
+            and request.META.get("HTTP_ACCEPT", "").strip() in self.PLAIN_ACCEPT
+            and self.settings.URL_FORMAT_OVERRIDE not in request.query_params
+        ):
+            return renderers[0], renderers[0].media_type
+        return super().select_renderer(request, renderers, format_suffix)

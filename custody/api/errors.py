@@ -75,6 +75,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "not_acceptable": (406, "无法提供所请求的格式 cannot produce the requested format"),
     "idempotency_conflict": (409, "幂等键已用于其他请求 the key was used with another request"),
     "illegal_transition": (409, "当前状态不允许该操作 the object's state does not allow this"),
+    "refund_already_answered": (409, "退费申请已答复 only a claimed refund can be answered"),
     "conflict": (409, "与并发修改冲突 conflicts with a concurrent change"),
     "pending_transfer_state": (409, "冻结款项状态不允许 the hold was already resolved"),
     "reversal_not_allowed": (409, "不能冲正 the entry cannot be reversed"),

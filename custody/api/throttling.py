@@ -9,10 +9,13 @@ Every request is counted against each limit that applies to it:
   ``throttle_scope``.
 
 Each limit is a fixed-window counter in the cache. ``ApiRateLimits`` counts all of a request's limits at once:
-on Redis in one pipelined round trip (``INCR`` and ``EXPIRE`` per counter), elsewhere with the cache's
-``add``/``incr``. DRF's own throttles keep, per key, the list of every request time in the window and rewrite
-it on each request (thousands of floats pickled per call at API rates), one cache round trip or more per
-throttle. A client may burst up to twice a rate across a window boundary, which is fine for abuse control.
+on Redis with one command (a Lua script that does ``INCR``, and ``EXPIRE`` on a new counter, for each key,
+atomically), elsewhere with the cache's ``add``/``incr``. Throttling runs on every API request, reads
+included, so it is kept cheap: rates parsed once, keys made without the cache's memcached-style key
+validation (Redis takes any key; ours are a scope, a user id or an address, and a window number).
+DRF's own throttles keep, per key, the list of every request time in the window and rewrite it on each
+request (thousands of floats pickled per call at API rates), one cache round trip or more per throttle.
+A client may burst up to twice a rate across a window boundary, which is fine for abuse control.
 
 Counters live in the cache: set ``CACHE_URL`` to Redis when several processes serve the API, so they share
 them. The client address is the one django-axes resolves (``get_client_ip_address``).
@@ -21,6 +24,7 @@ them. The client address is the one django-axes resolves (``get_client_ip_addres
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Any
 
 from axes.helpers import get_client_ip_address
@@ -33,6 +37,7 @@ from rest_framework.throttling import BaseThrottle
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+@lru_cache(maxsize=64)
 def parse_rate(rate: str) -> tuple[int, int]:
     """``"1200/min"`` -> (1200, 60)."""
     count, period = rate.split("/")
@@ -86,28 +91,38 @@ class ApiRateLimits(BaseThrottle):
         return max(self._wait, 1.0)
 
 
-def _redis_client(backend: RedisCache) -> Any:
-    """The backend's Redis client, made once and kept on the backend (Django's cache makes a new one, with its
-    table of ~170 response callbacks, on every call; the client and its connection pool are thread-safe)."""
-    client = getattr(backend, "_custody_throttle_client", None)
-    if client is None:
-        client = backend._cache.get_client(write=True)
-        backend._custody_throttle_client = client  # type: ignore[attr-defined]
-    return client
+# Adds one to each key (KEYS) and returns the new counts; a counter just created gets its expiry (ARGV, in
+# the keys' order) in the same atomic step, so no counter outlives its window.
+_INCREMENT = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  counts[i] = redis.call('INCR', key)
+  if counts[i] == 1 then redis.call('EXPIRE', key, ARGV[i]) end
+end
+return counts
+"""
+
+
+def _redis_increment(backend: RedisCache) -> Any:
+    """The increment script on the backend's Redis client, made once and kept on the backend (Django's cache
+    makes a new client, with its table of ~170 response callbacks, on every call; the client and its
+    connection pool are thread-safe). Calling it sends EVALSHA, loading the script on first use."""
+    script = getattr(backend, "_custody_throttle_increment", None)
+    if script is None:
+        script = backend._cache.get_client(write=True).register_script(_INCREMENT)
+        backend._custody_throttle_increment = script  # type: ignore[attr-defined]
+    return script
 
 
 def _count(counters: list[tuple[str, int, int, float]]) -> list[int]:
     """Add one to each counter and return the new values."""
     backend = caches["default"]
     if isinstance(backend, RedisCache):
-        # The key holds its window's number, so renewing its expiry on every request is harmless.
-        pipe = _redis_client(backend).pipeline(transaction=False)
-        for key, _, period, _ in counters:
-            full = backend.make_and_validate_key(key)
-            pipe.incr(full)
-            pipe.expire(full, period + 1)
-        replies = pipe.execute()
-        return [int(replies[2 * i]) for i in range(len(counters))]
+        replies = _redis_increment(backend)(
+            keys=[backend.make_key(key) for key, _, _, _ in counters],
+            args=[period + 1 for _, _, period, _ in counters],
+        )
+        return [int(reply) for reply in replies]
     values = []
     for key, _, period, _ in counters:
         if cache.add(key, 1, timeout=period + 1):

@@ -86,8 +86,12 @@ class Lesson(models.Model):
     (Dr prepaid / Cr payable). ``amount_fen`` is what it releases (0 for gift hours, which have no
     transfer)."""
 
-    contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="lessons")
-    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="lessons")
+    # No single-column indexes on the two keys: custody_lesson_contract_state and custody_lesson_inst_state
+    # start with them.
+    contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="lessons", db_index=False)
+    institution = models.ForeignKey(
+        Institution, on_delete=models.PROTECT, related_name="lessons", db_index=False
+    )
     idempotency_key = models.CharField(max_length=200, unique=True)
     held_at = models.DateTimeField()
     hours = models.PositiveSmallIntegerField(default=1)
@@ -206,8 +210,10 @@ class PayoutInstruction(models.Model):
     reference = models.CharField(max_length=40, unique=True)  # shown on the bank statement
     amount_fen = models.BigIntegerField()
     destination_account = EncryptedTextField()
-    refund = models.OneToOneField(
-        Refund, on_delete=models.PROTECT, null=True, blank=True, related_name="payout"
+    # A refund has at most one live (instructed or executed) instruction; a failed one keeps its link, and the
+    # refund is instructed again (custody_one_live_payout_per_refund).
+    refund = models.ForeignKey(
+        Refund, on_delete=models.PROTECT, null=True, blank=True, related_name="payouts"
     )
     pending_transfer = models.OneToOneField(
         "ledger.PendingTransfer", on_delete=models.PROTECT, related_name="+"
@@ -221,6 +227,11 @@ class PayoutInstruction(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(amount_fen__gt=0), name="custody_payout_amount_positive"),
+            models.UniqueConstraint(
+                fields=["refund"],
+                condition=Q(state__in=["instructed", "executed"]),
+                name="custody_one_live_payout_per_refund",
+            ),
         ]
         indexes = [models.Index(fields=["institution", "state"], name="custody_payout_inst_state")]
 

@@ -31,15 +31,33 @@ class ReleaseCadence(models.TextChoices):
 
 
 def default_risk_thresholds() -> dict[str, int]:
+    """Every risk-alert threshold (风险预警阈值) with its default: the yellow key and its ``_red`` twin per
+    rule (custody/services/alerts.py reads them). This is the one list: a policy may set exactly these keys,
+    so a threshold added here is at once accepted by ``publish_policy`` and used by the alert scan."""
     return {
-        "custody_balance_below_fen": 0,
+        "custody_balance_below_fen": 0,  # 0 = off
+        "custody_balance_below_red_fen": 0,
+        "custody_shortfall_fen": 1,
+        "custody_shortfall_red_fen": 1,
         "outflow_per_day_fen": 100_000_000,  # 1,000,000 yuan (Hangzhou)
+        "outflow_per_day_red_fen": 200_000_000,
         "outflow_per_week_fen": 200_000_000,  # 2,000,000 yuan
+        "outflow_per_week_red_fen": 400_000_000,
         "refund_claims_per_week": 20,
+        "refund_claims_per_week_red": 50,
         "consumption_spike_factor_percent": 300,
+        "consumption_spike_red_percent": 500,
+        "consumption_spike_min_fen": 1_000_000,
         "unconfirmed_lessons": 200,
+        "unconfirmed_lessons_red": 500,
         "disputed_lessons": 20,
+        "disputed_lessons_red": 50,
         "idle_days_with_funds": 14,
+        "idle_days_with_funds_red": 30,
+        "over_cap_attempts_per_week": 1,
+        "over_cap_attempts_per_week_red": 5,
+        "reserve_shortfall_fen": 1,
+        "reserve_shortfall_red_fen": 1,
     }
 
 

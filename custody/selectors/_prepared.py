@@ -21,6 +21,8 @@ def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
             return cursor.fetchone()
     import psycopg
 
+    # As Django's own cursor() does: drop a connection that failed its health check, then (re)connect.
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     try:
         with psycopg.Cursor(connection.connection) as cursor:

@@ -14,15 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 from custody.models import Institution, Jurisdiction
 from custody.selectors._prepared import fetch_one
 from custody.services.access import requires_two_factor
+
+M = TypeVar("M", bound=Model)
 
 
 class Role(StrEnum):
@@ -128,6 +131,13 @@ WHERE t.key_hash = %s
 """
 
 
+def partial_instance(model: type[M], **values: Any) -> M:
+    """An instance of ``model`` as loaded from the database with only these fields (the others deferred,
+    loaded when read), without building a query: ``from_db`` wants the values in the model's field order."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(connection.alias, names, [values[name] for name in names])
+
+
 def token_holder(key_hash: str) -> TokenHolder | None:
     row = fetch_one(_TOKEN_SQL, [key_hash])
     if row is None:
@@ -136,17 +146,16 @@ def token_holder(key_hash: str) -> TokenHolder | None:
         :9
     ]
     guardian_id, institution_id, staff_role, jurisdiction_id, bank_name = row[9:]
-    # The fields authentication and permissions read; the instance is never saved (a full row is one
-    # ``refresh_from_db`` away for code that needs more).
-    user = User(
+    # The fields authentication and permissions read; the others are deferred, so code that reads one (an
+    # email, the last login) loads it then, as with ``.only()``.
+    user = partial_instance(
+        User,
         id=user_id,
         username=username,
         is_active=bool(is_active),
         is_staff=bool(is_staff),
         is_superuser=bool(is_superuser),
     )
-    user._state.adding = False
-    user._state.db = connection.alias
     is_admin = bool(is_staff or is_superuser)
     actor = Actor(
         user_id=user_id,

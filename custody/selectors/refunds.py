@@ -6,9 +6,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 
-from custody.models import Closure, Contract, Refund, RefundReason, RefundState
+from custody.models import (
+    Closure,
+    Contract,
+    PayoutInstruction,
+    PayoutState,
+    Refund,
+    RefundReason,
+    RefundState,
+)
 from custody.selectors.lessons import paid_hours_taken
 from custody.services._bulk import SQLITE_CHUNK, chunked
 from custody.services.calendar import local_today
@@ -97,10 +105,13 @@ class ClosureShortfall:
 def closure_shortfalls(closure: Closure) -> list[ClosureShortfall]:
     """Per contract: the closure refund, what the reserve paid towards it, and the shortfall (still owed in
     ``refund_payable:c``, a claim against the institution). Only refunds with a shortfall are listed."""
+    live_payout = PayoutInstruction.objects.filter(
+        refund=OuterRef("pk"), state__in=(PayoutState.INSTRUCTED, PayoutState.EXECUTED)
+    ).values("amount_fen")[:1]
     rows = (
         Refund.objects.filter(contract__institution_id=closure.institution_id, reason=RefundReason.CLOSURE)
         .order_by("pk")
-        .values_list("pk", "contract_id", "amount_fen", "payout__amount_fen")
+        .values_list("pk", "contract_id", "amount_fen", Subquery(live_payout))
     )
     found = [
         ClosureShortfall(refund_id=pk, contract_id=cid, refund_fen=amount, covered_fen=covered or 0)

@@ -81,35 +81,13 @@ from custody.models import (
     RiskAlert,
     SupervisionMode,
 )
+from custody.models.policy import default_risk_thresholds
 from custody.notify import AlertNotice, Notifier, configured_notifiers
 from custody.services.calendar import SHANGHAI, local_date
 from ledger import clock
 
-DEFAULT_THRESHOLDS: dict[str, int] = {
-    "custody_balance_below_fen": 0,
-    "custody_balance_below_red_fen": 0,
-    "custody_shortfall_fen": 1,
-    "custody_shortfall_red_fen": 1,
-    "outflow_per_day_fen": 100_000_000,
-    "outflow_per_day_red_fen": 200_000_000,
-    "outflow_per_week_fen": 200_000_000,
-    "outflow_per_week_red_fen": 400_000_000,
-    "refund_claims_per_week": 20,
-    "refund_claims_per_week_red": 50,
-    "consumption_spike_factor_percent": 300,
-    "consumption_spike_red_percent": 500,
-    "consumption_spike_min_fen": 1_000_000,
-    "unconfirmed_lessons": 200,
-    "unconfirmed_lessons_red": 500,
-    "disputed_lessons": 20,
-    "disputed_lessons_red": 50,
-    "idle_days_with_funds": 14,
-    "idle_days_with_funds_red": 30,
-    "over_cap_attempts_per_week": 1,
-    "over_cap_attempts_per_week_red": 5,
-    "reserve_shortfall_fen": 1,
-    "reserve_shortfall_red_fen": 1,
-}
+# One list of thresholds and defaults, shared with the policy service (which accepts exactly these keys).
+DEFAULT_THRESHOLDS: dict[str, int] = default_risk_thresholds()
 
 # The charging caps whose refusals count as attempted over-cap charges.
 CAP_RULES = frozenset(

@@ -239,11 +239,10 @@ def record_payout_result(
             payout.state = PayoutState.FAILED
             payout.failure_reason = reason.strip()[:500]
             if refund is not None:
-                # The refund is owed again and gets a new instruction; this failed one keeps the refund's id
-                # in its hold's metadata (PayoutInstruction.refund is one-to-one, so it is detached here).
+                # The refund is owed again and gets a new instruction; this failed one stays linked to it
+                # (one live instruction per refund: custody_one_live_payout_per_refund).
                 _advance_refund(refund, RefundState.APPROVED)
-                payout.refund = None
-        payout.save(update_fields=["state", "executed_at", "bank_reference", "failure_reason", "refund"])
+        payout.save(update_fields=["state", "executed_at", "bank_reference", "failure_reason"])
     return payout
 
 

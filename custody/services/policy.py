@@ -168,7 +168,13 @@ def _validated_thresholds(value: Any) -> dict[str, int]:
         raise _invalid("risk_thresholds", "预警阈值必须是映射", "risk_thresholds must be a mapping")
     for key, threshold in value.items():
         if key not in known:
-            raise _invalid("risk_thresholds", f"未知的预警阈值 {key}", f"unknown risk threshold {key!r}")
+            raise _invalid(
+                "risk_thresholds",
+                f"未知的预警阈值 {key}",
+                f"unknown risk threshold {key!r} (details.known lists the thresholds a policy can set)",
+                key=key,
+                known=sorted(known),
+            )
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
             raise _invalid(
                 "risk_thresholds",

@@ -17,9 +17,13 @@ its refund is approved and nothing is pending or left; no lesson can be recorded
 
 The refund state machine::
 
-    claimed → approved | rejected
+    claimed → approved | rejected            (answer_refund, approve_unanswered_refunds: only from claimed)
     approved → instructed → paid
-    instructed → approved   (the bank could not pay; a new instruction follows)
+    instructed → approved   (only the bank's failure answer, payouts.record_payout_result; a new
+                             instruction follows)
+
+Answering checks the state itself (``RefundAlreadyAnswered``), not just the transition table: the table allows
+instructed → approved for a failed payout, and an institution must not re-answer a refund at the bank.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from datetime import datetime
 
 from django.db import transaction
 
-from custody.errors import IllegalTransition, RuleViolation
+from custody.errors import IllegalTransition, RefundAlreadyAnswered, RuleViolation
 from custody.models import (
     Contract,
     ContractState,
@@ -132,7 +136,8 @@ def claim_refund(*, contract: Contract, note: str = "", idempotency_key: str) ->
 
 
 def answer_refund(*, refund: Refund, approve: bool, reason: str = "") -> Refund:
-    """The institution's answer (机构答复). A rejection must say why."""
+    """The institution's answer (机构答复) to a claimed refund. A rejection must say why; a refund already
+    answered (approved, instructed, paid, rejected) raises ``RefundAlreadyAnswered``."""
     if not approve and not reason.strip():
         raise RuleViolation(
             "rejection_needs_reason", "拒绝退费须说明理由 a rejection needs a reason", field="reason"
@@ -140,6 +145,9 @@ def answer_refund(*, refund: Refund, approve: bool, reason: str = "") -> Refund:
     now = clock.now()
     with transaction.atomic():
         locked = _lock_refund(refund)
+        if locked.state != RefundState.CLAIMED:
+            target = RefundState.APPROVED if approve else RefundState.REJECTED
+            raise RefundAlreadyAnswered(locked.pk, locked.state, target)
         if approve:
             _approve(locked, approved_by="institution", now=now)
         else:
@@ -180,6 +188,9 @@ def _lock_refund(refund: Refund) -> Refund:
 def _approve(refund: Refund, *, approved_by: str, now: datetime) -> None:
     """Approve a locked claim: take the quote out of prepaid:c into refund_payable:c, set the payout deadline,
     and have the payout instructed after commit."""
+    if refund.state != RefundState.CLAIMED:
+        # Never a re-approval: the quote would be recomputed while an instruction's hold moves the first one.
+        raise RefundAlreadyAnswered(refund.pk, refund.state, RefundState.APPROVED)
     check_refund_transition(refund, RefundState.APPROVED)
     contract = Contract.objects.select_related("policy", "prepaid_account", "refund_account").get(
         pk=refund.contract_id

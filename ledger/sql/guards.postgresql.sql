@@ -1,4 +1,6 @@
 -- The ledger's last line of defence on PostgreSQL. A bug in Python cannot break these.
+-- Idempotent: migrations 0002 and 0004 both run the current version of this file (0004 upgrades databases
+-- that 0002 set up with the earlier per-entry deferred trigger).
 
 -- 1. History is append-only: no UPDATE or DELETE of entries, postings, chain links or checkpoints.
 CREATE OR REPLACE FUNCTION ledger_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -7,63 +9,136 @@ BEGIN
         TG_OP, TG_TABLE_NAME USING ERRCODE = 'integrity_constraint_violation';
 END $$;
 
-CREATE TRIGGER ledger_entry_append_only BEFORE UPDATE OR DELETE ON ledger_entry
+CREATE OR REPLACE TRIGGER ledger_entry_append_only BEFORE UPDATE OR DELETE ON ledger_entry
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_change();
-CREATE TRIGGER ledger_posting_append_only BEFORE UPDATE OR DELETE ON ledger_posting
+CREATE OR REPLACE TRIGGER ledger_posting_append_only BEFORE UPDATE OR DELETE ON ledger_posting
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_change();
-CREATE TRIGGER ledger_chainlink_append_only BEFORE UPDATE OR DELETE ON ledger_chainlink
+CREATE OR REPLACE TRIGGER ledger_chainlink_append_only BEFORE UPDATE OR DELETE ON ledger_chainlink
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_change();
-CREATE TRIGGER ledger_checkpoint_append_only BEFORE UPDATE OR DELETE ON ledger_checkpoint
+CREATE OR REPLACE TRIGGER ledger_checkpoint_append_only BEFORE UPDATE OR DELETE ON ledger_checkpoint
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_change();
 
--- 2. Every entry balances per currency and has at least two postings, checked at COMMIT (deferred), so the
---    entry and its postings may be written in any order within one transaction.
-CREATE OR REPLACE FUNCTION ledger_check_entry_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    n integer;
-    bad record;
-BEGIN
-    SELECT count(*) INTO n FROM ledger_posting WHERE entry_id = NEW.id;
-    IF n < 2 THEN
-        RAISE EXCEPTION 'ledger: entry % has % postings; at least 2 are required', NEW.id, n
-            USING ERRCODE = 'check_violation';
-    END IF;
-    SELECT p.currency, sum(p.amount) AS total INTO bad FROM ledger_posting p
-        WHERE p.entry_id = NEW.id GROUP BY p.currency HAVING sum(p.amount) <> 0 LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'ledger: entry % does not balance: postings in % sum to %', NEW.id, bad.currency, bad.total
-            USING ERRCODE = 'check_violation';
-    END IF;
-    RETURN NULL;
-END $$;
+-- 2. Every entry balances per currency and has at least two postings, guaranteed at COMMIT. Within one
+--    transaction the entry and its postings may be written over several statements (entry first: see 3.).
+--
+--    Checked per statement, deferred only when needed. After each statement that inserts postings, a
+--    statement-level trigger looks at the set of postings the statement added to each entry: if that set has
+--    >= 2 postings summing to zero per currency, nothing more is needed; otherwise the entry is queued in
+--    ledger_entry_balance_due. After each statement that inserts entries, an entry that has no postings yet is
+--    queued too. A queued entry is checked again, over all its postings, by a deferred constraint trigger at
+--    COMMIT, which refuses the COMMIT if it does not balance.
+--    Why that suffices: postings are append-only and only join entries of the current transaction (3.), so an
+--    entry's postings at COMMIT are the union of the sets its statements added. Balanced sets add up to a
+--    balanced entry with >= 2 postings; any other set, and an entry with no set at all, was queued. A savepoint
+--    rolled back takes its postings, its queue rows and their pending checks with it.
+--    So the ledger's own writes (an entry and its balanced postings in one statement) queue nothing and pay no
+--    per-entry trigger at COMMIT, while raw SQL that builds an entry over several statements is still checked
+--    at COMMIT.
+DROP TRIGGER IF EXISTS ledger_entry_balanced ON ledger_entry;
+DROP FUNCTION IF EXISTS ledger_check_entry_balanced();
+DROP TRIGGER IF EXISTS ledger_posting_new_entries_only ON ledger_posting;
+DROP FUNCTION IF EXISTS ledger_postings_join_new_entries();
+DROP FUNCTION IF EXISTS ledger_xid8(xid);
 
-CREATE CONSTRAINT TRIGGER ledger_entry_balanced AFTER INSERT ON ledger_entry
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_check_entry_balanced();
+CREATE TABLE IF NOT EXISTS ledger_entry_balance_due (entry_id bigint NOT NULL);
+COMMENT ON TABLE ledger_entry_balance_due IS
+    'Entries to check for balance at COMMIT (see ledger/sql/guards.postgresql.sql); empty outside transactions.';
 
--- 3. Postings may only be added to an entry in the transaction that creates it (then 2. checks the sum).
---    A visible entry whose inserting transaction is still in progress can only be our own (or a savepoint's).
-CREATE OR REPLACE FUNCTION ledger_xid8(x xid) RETURNS xid8 LANGUAGE sql STABLE AS $$
-    -- Widen a 32-bit xid to the 64-bit xid nearest the current one (a savepoint's xid is above it).
-    SELECT (cur + (((x::text::bigint - (cur & 4294967295)) % 4294967296 + 6442450944) % 4294967296
-                   - 2147483648))::text::xid8
-    FROM (SELECT pg_current_xact_id()::text::bigint AS cur) c
+CREATE OR REPLACE FUNCTION ledger_entry_balance_failure(entry bigint) RETURNS text LANGUAGE sql STABLE AS $$
+    -- Why the entry does not balance, or NULL if it does.
+    SELECT CASE
+        WHEN coalesce(sum(n), 0) < 2 THEN
+            format('ledger: entry %s has %s postings; at least 2 are required', entry, coalesce(sum(n), 0))
+        ELSE (SELECT format('ledger: entry %s does not balance: postings in %s sum to %s', entry, currency, total)
+              FROM (SELECT p.currency, sum(p.amount) AS total FROM ledger_posting p WHERE p.entry_id = entry
+                    GROUP BY p.currency) t
+              WHERE total <> 0 ORDER BY currency LIMIT 1)
+    END
+    FROM (SELECT count(*) AS n FROM ledger_posting WHERE entry_id = entry) c
 $$;
 
-CREATE OR REPLACE FUNCTION ledger_postings_join_new_entries() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION ledger_check_balance_due() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    stale bigint;
+    failure text := ledger_entry_balance_failure(NEW.entry_id);
 BEGIN
-    SELECT n.entry_id INTO stale FROM new_postings n JOIN ledger_entry e ON e.id = n.entry_id
-        WHERE pg_xact_status(ledger_xid8(e.xmin)) IS DISTINCT FROM 'in progress' LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which is already committed', stale
-            USING ERRCODE = 'integrity_constraint_violation';
+    IF failure IS NOT NULL THEN
+        RAISE EXCEPTION '%', failure USING ERRCODE = 'check_violation';
+    END IF;
+    DELETE FROM ledger_entry_balance_due WHERE entry_id = NEW.entry_id;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS ledger_entry_balanced_at_commit ON ledger_entry_balance_due;
+CREATE CONSTRAINT TRIGGER ledger_entry_balanced_at_commit AFTER INSERT ON ledger_entry_balance_due
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_check_balance_due();
+
+-- New entries without postings at the end of their statement: their postings must follow, checked at COMMIT.
+CREATE OR REPLACE FUNCTION ledger_new_entries_balance() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger_entry_balance_due (entry_id)
+    SELECT n.id FROM new_entries n WHERE NOT EXISTS (SELECT 1 FROM ledger_posting p WHERE p.entry_id = n.id);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER ledger_entry_new_balance AFTER INSERT ON ledger_entry
+    REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION ledger_new_entries_balance();
+
+-- 3. Postings may only be added to an entry that exists and was inserted by the current transaction (or one
+--    of its savepoints); a visible entry whose inserting transaction is still in progress can only be ours.
+--    So a committed entry never changes, and another transaction's entry cannot be joined in a race either
+--    (it is not visible until it commits, and then it is committed).
+CREATE OR REPLACE FUNCTION ledger_new_postings_balance() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    cur bigint := pg_current_xact_id()::text::bigint;
+    touched bigint;
+    lo bigint;
+    hi bigint;
+    unbalanced bigint[];
+    owned bigint := 0;
+    owner record;
+    missing bigint;
+BEGIN
+    -- 2. (see above): the statement's postings of each entry must be >= 2 and sum to zero per currency, or
+    --    the entry is checked again at COMMIT. This statement's postings alone are enough: every earlier set
+    --    of postings of the entry (earlier statements of this transaction) was balanced or queued too, and
+    --    balanced sets add up to a balanced entry.
+    SELECT count(*), min(entry_id), max(entry_id), array_agg(entry_id) FILTER (WHERE short_or_unbalanced)
+    INTO touched, lo, hi, unbalanced
+    FROM (
+        SELECT entry_id, sum(n) < 2 OR bool_or(total <> 0) AS short_or_unbalanced
+        FROM (SELECT entry_id, count(*) AS n, sum(amount) AS total FROM new_postings GROUP BY entry_id, currency) g
+        GROUP BY entry_id
+    ) per_entry;
+    IF unbalanced IS NOT NULL THEN
+        INSERT INTO ledger_entry_balance_due (entry_id) SELECT unnest(unbalanced);
+    END IF;
+    -- 3. Each entry must exist and be ours. One status look-up per inserting (sub)transaction, not per entry
+    --    (a batch's entries share one), over the id range the statement touched (a batch's ids are adjacent).
+    FOR owner IN
+        SELECT e.xmin AS xid, count(*) AS n, min(e.id) AS entry_id
+        FROM ledger_entry e
+        WHERE e.id BETWEEN lo AND hi AND e.id IN (SELECT entry_id FROM new_postings)
+        GROUP BY e.xmin
+    LOOP
+        owned := owned + owner.n;
+        -- xmin is a 32-bit xid; widen it to the 64-bit xid nearest ours (a savepoint's xid is above ours).
+        IF pg_xact_status((cur + (((owner.xid::text::bigint - (cur & 4294967295)) % 4294967296 + 6442450944)
+                                 % 4294967296 - 2147483648))::text::xid8) IS DISTINCT FROM 'in progress' THEN
+            RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which is already committed',
+                owner.entry_id USING ERRCODE = 'integrity_constraint_violation';
+        END IF;
+    END LOOP;
+    IF owned < touched THEN
+        SELECT min(n.entry_id) INTO missing FROM new_postings n
+            WHERE NOT EXISTS (SELECT 1 FROM ledger_entry e WHERE e.id = n.entry_id);
+        RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which does not exist (insert the entry first)',
+            missing USING ERRCODE = 'integrity_constraint_violation';
     END IF;
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER ledger_posting_new_entries_only AFTER INSERT ON ledger_posting
-    REFERENCING NEW TABLE AS new_postings FOR EACH STATEMENT EXECUTE FUNCTION ledger_postings_join_new_entries();
+CREATE OR REPLACE TRIGGER ledger_posting_new_balance AFTER INSERT ON ledger_posting
+    REFERENCING NEW TABLE AS new_postings FOR EACH STATEMENT EXECUTE FUNCTION ledger_new_postings_balance();
 
 -- 4. A pending transfer changes once, from pending to posted, voided or expired, and is never deleted.
 CREATE OR REPLACE FUNCTION ledger_pending_transition() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -87,7 +162,7 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE TRIGGER ledger_pending_once BEFORE UPDATE OR DELETE ON ledger_pendingtransfer
+CREATE OR REPLACE TRIGGER ledger_pending_once BEFORE UPDATE OR DELETE ON ledger_pendingtransfer
     FOR EACH ROW EXECUTE FUNCTION ledger_pending_transition();
 
 -- 5. An account keeps its identity: code, type, currency and limit never change; accounts are never deleted.
@@ -107,6 +182,6 @@ BEGIN
 END $$;
 
 -- Only UPDATEs that name an identity column fire it, so the hot path (totals only) pays nothing.
-CREATE TRIGGER ledger_account_identity BEFORE UPDATE OF id, code, type, currency, debits_must_not_exceed_credits,
+CREATE OR REPLACE TRIGGER ledger_account_identity BEFORE UPDATE OF id, code, type, currency, debits_must_not_exceed_credits,
     credits_must_not_exceed_debits OR DELETE ON ledger_account
     FOR EACH ROW EXECUTE FUNCTION ledger_account_identity();

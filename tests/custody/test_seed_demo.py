@@ -178,6 +178,10 @@ def test_the_demo_has_every_state_and_its_books_verify(settings: Any) -> None:
     out = io.StringIO()
     call_command("verify_ledger", "--seal", stdout=out, stderr=io.StringIO())
     assert "OK" in out.getvalue()
+    # and verify_custody: the custody invariants 3, 4, 6, 7 and 10, set-based.
+    out = io.StringIO()
+    call_command("verify_custody", stdout=out, stderr=io.StringIO())
+    assert "OK: the custody invariants hold" in out.getvalue()
 
 
 def fingerprint() -> tuple[dict[str, dict[str, int]], list[tuple[str, str, str, int, int, int, str]]]:

@@ -499,8 +499,6 @@ class DomainMachine(RuleBasedStateMachine):
     @rule(pick=picks, approve=st.booleans())
     def answer_refund(self, pick: int, approve: bool) -> None:
         refund = self.pick(list(Refund.objects.order_by("pk")), pick)
-        if approve and refund.state == RefundState.INSTRUCTED:
-            return  # wrongly accepted today: see test_approving_an_instructed_refund_again_is_refused
         legal = refund.state == RefundState.CLAIMED
         done = self.attempt(
             lambda: refunds.answer_refund(refund=refund, approve=approve, reason="已协商继续上课")
@@ -755,13 +753,6 @@ def settings_for_machine() -> Any:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="custody/services/refunds.py answer_refund → _approve checks only check_refund_transition, and "
-    "REFUND_TRANSITIONS lets instructed → approved (meant for a failed bank payout), so an institution can "
-    "'approve' a refund already sent to the bank: its amount is recomputed (to 0 when nothing is left) while "
-    "the payout's hold still moves the first amount",
-)
 def test_approving_an_instructed_refund_again_is_refused(settings: Any) -> None:
     """Found by the state machine: an instructed refund (here a closure refund with its payout at the bank)
     must not be answered again."""

@@ -2,9 +2,10 @@
 identity, holds resolve once. Each test goes around the application with raw SQL and expects the database to
 refuse, so a bug in Python could not do it either.
 
-PostgreSQL checks an entry's balance with a deferred constraint trigger at COMMIT; SQLite has no deferred
-triggers, so it makes the ledger write postings before their entry and checks the balance when the entry row
-arrives. Each side has its own tests for that part.
+PostgreSQL checks each statement's postings per entry and leaves an entry that a statement leaves unbalanced
+(or without postings) to a deferred check at COMMIT; SQLite has no deferred triggers, so it makes the ledger
+write postings before their entry and checks the balance when the entry row arrives. Each side has its own
+tests for that part.
 """
 
 from __future__ import annotations
@@ -309,6 +310,89 @@ def test_postgres_postings_cannot_be_added_to_a_committed_entry(
     assert reached_commit is False
     assert Posting.objects.filter(entry_id=entry.pk).count() == 2
     assert Account.objects.get(pk=other.pk).posting_count == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_postings_that_unbalance_an_entry_in_a_later_statement_fail_at_commit(
+    accounts: Chart,
+) -> None:
+    """The entry and a balanced pair go in together (no check is left for COMMIT), then one more posting
+    joins it: that statement's set does not balance, so the entry is checked again at COMMIT."""
+    with (
+        pytest.raises(IntegrityError, match="does not balance"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        entry_id = insert_entry_row(cursor, "raw-late-posting")
+        now = timezone.now()
+        cursor.execute(
+            "INSERT INTO ledger_posting (entry_id, account_id, amount, currency, posted_at, debits_after, "
+            "credits_after) VALUES (%s, %s, 500, 'CNY', %s, 500, 0), (%s, %s, -500, 'CNY', %s, 0, 500)",
+            [entry_id, accounts.cash.pk, now, entry_id, accounts.prepaid.pk, now],
+        )
+        insert_postings(cursor, entry_id, [(accounts.payable, 100)])
+
+    assert not Entry.objects.filter(idempotency_key="raw-late-posting").exists()
+    assert Posting.objects.count() == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_an_entry_without_postings_fails_at_commit(accounts: Chart) -> None:
+    with (
+        pytest.raises(IntegrityError, match="at least 2 are required"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        insert_entry_row(cursor, "raw-empty")
+
+    assert not Entry.objects.filter(idempotency_key="raw-empty").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_postings_cannot_come_before_their_entry(accounts: Chart) -> None:
+    with (
+        pytest.raises(IntegrityError, match="does not exist"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT nextval(pg_get_serial_sequence('ledger_entry', 'id'))")
+        future_id = int(cursor.fetchone()[0])
+        insert_postings(cursor, future_id, [(accounts.cash, 500), (accounts.prepaid, -500)])
+
+    assert Posting.objects.count() == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgres_the_ledgers_own_writes_leave_no_check_for_commit(accounts: Chart) -> None:
+    """A transfer and a batch write each entry with its balanced postings in one statement, so they queue
+    no entry for the (slower) check at COMMIT; the queue is visible here, inside the test's transaction."""
+    from ledger.services import NewEntry, credit, debit, post_batch, transfer
+
+    transfer(
+        idempotency_key="t-1",
+        kind="payment",
+        debit_account=accounts.cash,
+        credit_account=accounts.prepaid,
+        amount=cny("100"),
+    )
+    result = post_batch(
+        entries=[
+            NewEntry(
+                f"b-{n}", "payment", [debit(accounts.cash, cny("1")), credit(accounts.prepaid, cny("1"))]
+            )
+            for n in range(150)
+        ]
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM ledger_entry_balance_due")
+        queued = cursor.fetchone()[0]
+
+    assert result.created == 150
+    assert queued == 0
 
 
 # --- SQLite: postings first, then the entry, which must balance -----------------------------------------

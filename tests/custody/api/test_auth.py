@@ -214,3 +214,18 @@ def test_throttle_counters_work_in_redis(
     statuses = [parent.get("/api/v1/parent/balance/").status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
     caches["default"].clear()
+
+
+def test_the_token_holder_is_the_user_with_other_fields_loaded_when_read(world: World) -> None:
+    from custody.selectors.access import token_holder
+    from custody.services.access import hash_token, issue_api_token
+
+    user = world.users["parent"]
+    user.email = "parent@example.com"
+    user.save(update_fields=["email"])
+    raw, _ = issue_api_token(user=user, otp_verified=False)
+    holder = token_holder(hash_token(raw))
+    assert holder is not None and holder.user.pk == user.pk and holder.actor.guardian_id is not None
+    assert (holder.user.username, holder.user.is_active, holder.user.is_staff) == (user.username, True, False)
+    assert "email" in holder.user.get_deferred_fields()
+    assert holder.user.email == "parent@example.com"  # loaded on first read, not a blank default

@@ -638,3 +638,62 @@ def test_the_balance_fast_path_renders_what_its_serializer_would() -> None:
     negative = Holdings(1, 0, 0, 0, -5, 5, 0)
     assert balance_json(negative)["consumed"] == {"amount": "-0.05", "currency": "CNY"}
     assert balance_json(negative) == ParentBalanceView.OutputSerializer(negative).data
+
+
+def test_the_bulk_lesson_answer_renders_what_its_serializer_would(world: World) -> None:
+    from custody.api.views.institutions import InstitutionLessonBulkView, bulk_lessons_json
+
+    institution_id = world.institution.pk
+    lessons = [
+        Lesson(
+            id=7, idempotency_key=f"i{institution_id}:k-1", contract_id=3, state="pending", amount_fen=8000
+        ),
+        Lesson(
+            id=8, idempotency_key=f"i{institution_id}:k-2", contract_id=3, state="confirmed", amount_fen=5
+        ),
+    ]
+    rendered = bulk_lessons_json(institution_id, lessons)
+    assert rendered["lessons"][1] == {
+        "id": 8,
+        "key": "k-2",
+        "contract": 3,
+        "state": "confirmed",
+        "amount": {"amount": "0.05", "currency": "CNY"},
+    }
+    rows = [
+        {**row, "amount": lesson.amount_fen} for row, lesson in zip(rendered["lessons"], lessons, strict=True)
+    ]
+    assert InstitutionLessonBulkView.OutputSerializer({"recorded": 2, "lessons": rows}).data == rendered
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "accepted"),
+    [
+        ({"contract": "CONTRACT", "key": "k"}, None, True),  # an id as a string: DRF converts it
+        ({"contract": "CONTRACT", "key": "k", "hours": "2"}, None, True),
+        ({"contract": True, "key": "k"}, "contract", False),
+        ({"contract": 2**63, "key": "k"}, "contract", False),
+        ({"contract": "CONTRACT", "key": "k", "hours": 13}, "hours", False),
+        ({"contract": "CONTRACT", "key": "k", "hours": None}, "hours", False),
+        ({"contract": "CONTRACT", "key": "has space"}, "key", False),
+        ({"contract": "CONTRACT", "key": "k", "held_at": "yesterday"}, "held_at", False),
+        ({"contract": "CONTRACT"}, "key", False),
+    ],
+)
+def test_bulk_rows_outside_the_plain_shape_get_drf_s_own_validation(
+    world: World, row: dict[str, Any], field: str | None, accepted: bool
+) -> None:
+    from custody.api.views.institutions import InstitutionLessonBulkView, LessonInput
+
+    held = (clock.now() - timedelta(hours=1)).isoformat()
+    plain = {"contract": world.contract.pk, "held_at": held, "key": "plain-1"}
+    odd = {"held_at": held, **{k: (world.contract.pk if v == "CONTRACT" else v) for k, v in row.items()}}
+    serializer = InstitutionLessonBulkView.InputSerializer(data={"lessons": [plain, odd]})
+    assert serializer.is_valid() is accepted, serializer.errors
+    if accepted:
+        by_drf = [LessonInput(data=one) for one in (plain, odd)]
+        assert all(one.is_valid() for one in by_drf)
+        assert serializer.validated_data["lessons"] == [dict(one.validated_data) for one in by_drf]
+        assert serializer.validated_data["lessons"][0]["held_at"].tzinfo is not None
+    else:
+        assert set(serializer.errors["lessons"]) == {1} and field in serializer.errors["lessons"][1]

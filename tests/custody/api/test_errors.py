@@ -211,3 +211,44 @@ def test_bodies_too_deep_or_too_large_are_refused_cleanly(world: World) -> None:
     huge = b'{"transaction_id": "' + b"x" * (3 * 1024 * 1024) + b'"}'
     too_big = APIClient().post("/api/v1/callbacks/bank/", data=huge, content_type="application/json")
     assert_error(too_big, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("accept", ["", "*/*", "application/json", "application/json; indent=2"])
+def test_a_request_that_accepts_json_gets_json(world: World, accept: str) -> None:
+    response = world.client("parent").get("/api/v1/parent/balance/", HTTP_ACCEPT=accept)
+    assert response.status_code == 200 and response["Content-Type"].startswith("application/json")
+    assert response.json()["paid"]["currency"] == "CNY"
+
+
+@pytest.mark.parametrize(
+    ("accept", "query", "status", "code"),
+    [
+        ("text/html", "", 406, "not_acceptable"),
+        ("application/xml", "", 406, "not_acceptable"),
+        ("application/json", "?format=xml", 404, "not_found"),
+    ],
+)
+def test_a_request_that_accepts_no_json_is_refused(
+    world: World, accept: str, query: str, status: int, code: str
+) -> None:
+    response = world.client("parent").get(f"/api/v1/parent/balance/{query}", HTTP_ACCEPT=accept)
+    assert response.status_code == status, response.content[:300]
+    assert response.json()["error"]["code"] == code
+
+
+def test_answering_an_answered_refund_is_409_refund_already_answered(world: World) -> None:
+    finance = world.client("finance")
+    url = f"/api/v1/institution/refunds/{world.refund.pk}/answer/"
+    assert finance.post(url, {"approve": True}, format="json", **idem()).status_code == 200
+
+    again = finance.post(url, {"approve": True}, format="json", **idem())
+
+    error = assert_error(again, 409, "refund_already_answered")
+    assert error["details"] == {
+        "entity": "refund",
+        "refund": world.refund.pk,
+        "current": "approved",
+        "target": "approved",
+    }
+    rejected = finance.post(url, {"approve": False, "reason": "不同意 no"}, format="json", **idem())
+    assert assert_error(rejected, 409, "refund_already_answered")["details"]["target"] == "rejected"

@@ -61,8 +61,8 @@ pytestmark = pytest.mark.django_db
 def set_thresholds(jurisdiction: Jurisdiction, **values: int) -> Policy:
     """The next policy version with these risk thresholds (and the same guidance prices).
 
-    ``publish_policy`` accepts only the keys of ``default_risk_thresholds()``; the red-level keys and the new
-    ones of ``custody.services.alerts.DEFAULT_THRESHOLDS`` are written here the same way, as a new version."""
+    Written directly as a new version (``publish_policy`` accepts the same keys, every one of
+    ``default_risk_thresholds()``, but also needs a regulator's change note and checks each value)."""
     current = current_policy(jurisdiction)
     prices = list(current.guidance_prices.all())
     current.pk = None

@@ -9,7 +9,16 @@ from datetime import date, datetime, timedelta
 import pytest
 
 from custody.errors import IllegalTransition, RuleViolation
-from custody.models import Contract, ContractState, LessonState, PayoutKind, PayoutState, Refund, RefundState
+from custody.models import (
+    Contract,
+    ContractState,
+    LessonState,
+    PayoutInstruction,
+    PayoutKind,
+    PayoutState,
+    Refund,
+    RefundState,
+)
 from custody.selectors.refunds import overdue_refunds, refund_quote
 from custody.services.lessons import (
     NewLesson,
@@ -208,7 +217,7 @@ def test_a_failed_refund_payout_is_instructed_again_and_overdue_refunds_are_list
         reference=payout.reference, executed=False, reason="账户已销户 account closed"
     )
 
-    assert (failed.state, failed.refund_id) == (PayoutState.FAILED, None)
+    assert (failed.state, failed.refund_id) == (PayoutState.FAILED, approved.pk)  # it stays linked
     assert Refund.objects.get(pk=approved.pk).state == RefundState.APPROVED
     assert available(refund_payable(paid_contract)) == 160_000
     assert list(overdue_refunds(today=date(2024, 3, 11))) == []
@@ -217,6 +226,10 @@ def test_a_failed_refund_payout_is_instructed_again_and_overdue_refunds_are_list
     rows = ledger_rows()
     (retry,) = instruct_refund_payouts()
     assert retry.refund_id == approved.pk
+    assert [p.state for p in PayoutInstruction.objects.filter(refund=approved).order_by("pk")] == [
+        PayoutState.FAILED,
+        PayoutState.INSTRUCTED,
+    ]
     assert ledger_rows()[1] == rows[1] + 1
     record_payout_result(reference=retry.reference, executed=True)
     assert list(overdue_refunds(today=date(2024, 3, 12))) == []

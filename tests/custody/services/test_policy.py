@@ -214,3 +214,49 @@ def test_current_policy_of_a_jurisdiction_without_one_is_not_found() -> None:
     bare = Jurisdiction.objects.create(code="000000", name="无政策")
     with pytest.raises(NotFound):
         current_policy(bare)
+
+
+def test_every_risk_threshold_the_alert_scan_reads_can_be_set(jurisdiction: Jurisdiction) -> None:
+    from custody.services.alerts import DEFAULT_THRESHOLDS
+
+    changes = {key: value + 1 for key, value in DEFAULT_THRESHOLDS.items()}  # red keys included
+
+    v2 = publish_policy(
+        jurisdiction=jurisdiction, changes={"risk_thresholds": changes}, changed_by=None, note=""
+    )
+
+    assert v2.risk_thresholds == changes
+    assert "outflow_per_day_red_fen" in changes and "reserve_shortfall_red_fen" in changes
+
+
+def test_a_threshold_added_to_the_defaults_is_accepted_and_unknown_ones_are_named(
+    jurisdiction: Jurisdiction, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from custody.services import policy as policy_service
+
+    defaults = policy_service.default_risk_thresholds()
+    monkeypatch.setattr(policy_service, "default_risk_thresholds", lambda: {**defaults, "new_rule_red": 9})
+
+    v2 = publish_policy(
+        jurisdiction=jurisdiction, changes={"risk_thresholds": {"new_rule_red": 3}}, changed_by=None, note=""
+    )
+    assert v2.risk_thresholds["new_rule_red"] == 3
+
+    with pytest.raises(RuleViolation) as refused:
+        publish_policy(
+            jurisdiction=jurisdiction,
+            changes={"risk_thresholds": {"new_rule_redd": 3}},
+            changed_by=None,
+            note="",
+        )
+    error = refused.value
+    assert (error.rule, error.field, error.details["key"]) == (
+        "policy_change",
+        "risk_thresholds",
+        "new_rule_redd",
+    )
+    assert (
+        "未知的预警阈值 new_rule_redd" in error.message
+        and "unknown risk threshold 'new_rule_redd'" in error.message
+    )
+    assert "new_rule_red" in error.details["known"] and "disputed_lessons_red" in error.details["known"]

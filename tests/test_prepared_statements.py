@@ -1,0 +1,35 @@
+"""The prepared-statement paths (ledger posting, the API's hottest reads) bypass Django's cursor(), so they
+must do what it does first: replace a connection that died since the last request instead of failing on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection
+
+from custody.selectors._prepared import fetch_one
+from ledger.backends import _execute_prepared
+
+
+def _prepared_read(sql: str) -> Any:
+    return fetch_one(sql, [])
+
+
+def _ledger_prepared(sql: str) -> Any:
+    return _execute_prepared(sql, {})[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("run", [_prepared_read, _ledger_prepared], ids=["custody.fetch_one", "ledger"])
+def test_a_connection_killed_between_requests_is_replaced(run: Callable[[str], Any]) -> None:
+    assert run("SELECT 1") == (1,)
+    dead_pid = connection.connection.info.backend_pid
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [dead_pid])
+    connection.health_check_done = False  # as Django sets it when a request starts
+
+    assert run(f"SELECT pg_backend_pid() <> {int(dead_pid)}") == (True,)
