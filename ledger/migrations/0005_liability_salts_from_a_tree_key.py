@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ledger', '0003_checkpoint_proofs'),
+        ('ledger', '0004_statement_level_balance_checks'),
     ]
 
     operations = [

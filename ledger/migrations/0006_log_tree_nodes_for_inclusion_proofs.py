@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ledger', '0004_liability_salts_from_a_tree_key'),
+        ('ledger', '0005_liability_salts_from_a_tree_key'),
     ]
 
     operations = [
