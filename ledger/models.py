@@ -272,6 +272,11 @@ class LiabilityTree(models.Model):
     One subtree per group (e.g. per institution) and a top tree over the groups; ``groups`` lists them in
     tree order as ``{"group", "root", "total", "count"}``. The leaves are ``LiabilityLeaf`` rows. Nothing here
     is trusted: a proof built from a changed row no longer leads to the signed root (see ``ledger.proofs``).
+
+    ``salt_key`` is the tree's secret: every leaf's salt derives from it and the leaf's place in the tree
+    (``ledger.proofs.leaf_salts``), so salts are not stored. It is as secret as the salts were: with it,
+    anyone could test guessed amounts against the leaf hashes. Trees signed before it have none; their
+    leaves keep their salts.
     """
 
     created_at = models.DateTimeField()
@@ -279,24 +284,37 @@ class LiabilityTree(models.Model):
     total = models.BigIntegerField()
     leaf_count = models.BigIntegerField()
     groups = models.JSONField(default=list)
+    salt_key = models.BinaryField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"liability tree {self.pk}: {self.leaf_count} leaves, total {self.total}"
 
 
 class LiabilityLeaf(models.Model):
-    """One liability in a tree: what ``reference`` (a contract) is owed, and the salt of its commitment."""
+    """One liability in a tree: what ``reference`` (a contract) is owed, at which place of which group."""
 
-    tree = models.ForeignKey(LiabilityTree, on_delete=models.PROTECT, related_name="leaves", db_index=False)
+    # No foreign key constraint in the database: a tree's leaves are written once, by one COPY in the
+    # transaction that creates the tree, and never updated, so checking each of a million rows against the
+    # tree (deferred to commit, a trigger event per row) proves nothing and made storing them ~3x slower.
+    # Leaves of a missing tree cannot lead to any signed root anyway.
+    tree = models.ForeignKey(
+        LiabilityTree, on_delete=models.PROTECT, related_name="leaves", db_index=False, db_constraint=False
+    )
     group_position = models.IntegerField()
     position = models.IntegerField()
     reference = models.CharField(max_length=200)
     amount = models.BigIntegerField()
-    salt = models.CharField(max_length=64)
+    # Hex salt, only for trees signed before ``LiabilityTree.salt_key``; empty (NULL) since.
+    salt = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tree", "reference"], name="ledger_liability_leaf_reference"),
+            # Unique per group, and so the index that finds a leaf by its group and reference. A tree-wide
+            # unique reference would cost a random index insert per leaf (doubling the time to store a
+            # million); references are checked unique across the tree before the tree is signed.
+            models.UniqueConstraint(
+                fields=["tree", "group_position", "reference"], name="ledger_liability_leaf_group_reference"
+            ),
             models.UniqueConstraint(
                 fields=["tree", "group_position", "position"], name="ledger_liability_leaf_position"
             ),
@@ -330,3 +348,25 @@ class CheckpointProofs(models.Model):
 
     def __str__(self) -> str:
         return f"proofs of checkpoint {self.checkpoint_id}: log of {self.log_size}"
+
+
+class LogNode(models.Model):
+    """A perfect subtree of the entry log's Merkle tree: the root of links ``index * 2**height + 1`` to
+    ``(index + 1) * 2**height`` (by seq), stored by the checkpoint that completed it, for subtrees of
+    ``ledger.proofs.LOG_NODE_MIN_HEIGHT`` and up (one row per 128 links).
+
+    History only grows, so such a node never changes: an inclusion proof takes its sibling hashes from
+    these rows and at most two blocks of links below them (O(log n) reads) instead of every link. Nothing
+    here is trusted: a proof from a changed row no longer leads to the signed root (``ProofMismatch``)."""
+
+    height = models.SmallIntegerField()
+    index = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["height", "index"], name="ledger_lognode_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"log node {self.height}/{self.index}"

@@ -6,9 +6,12 @@ A checkpoint made by ``create_checkpoint_with_proofs`` signs, besides the chain 
 
 - ``log_root`` / ``log_size``: the RFC 9162 Merkle root over the chain's link hashes in ``seq`` order (leaf =
   the link's 32-byte hash; size = ``chain_seq``). It is extended from the previous checkpoint's right edge
-  (``CheckpointProofs.log_frontier``), so signing costs the entries sealed since then, not all history.
-  ``entry_inclusion_proof`` shows one entry is in it; ``consistency_proof`` shows a newer checkpoint only
-  appended to an older one.
+  (``CheckpointProofs.log_frontier``), so signing costs the entries sealed since then, not all history,
+  and stores the perfect subtrees of 256 links and up it completes (``LogNode``), as transparency logs
+  keep tiles. ``entry_inclusion_proof`` shows one entry is in it, read from those subtrees and two blocks
+  of links (O(log n)); ``consistency_proof`` shows a newer checkpoint only appended to an older one (it
+  and the checkpoint file's head path re-read every link: they are also the check that history before
+  the checkpoint was not rewritten).
 - ``liabilities_root`` / ``liabilities_total`` / ``group_totals`` (when liabilities are given): a
   Merkle-sum tree with one subtree per group (e.g. per institution) under a top tree over the groups, so one
   ``liability_proof`` shows a parent that their contract's amount is counted both in their institution's
@@ -27,22 +30,29 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import groupby, islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ledger import chain, merkle, verify
 from ledger.canonical import canonical_json, timestamp
 from ledger.errors import InvalidAmount, LedgerError
-from ledger.models import ChainLink, Checkpoint, CheckpointProofs, LiabilityLeaf, LiabilityTree
+from ledger.models import ChainLink, Checkpoint, CheckpointProofs, LiabilityLeaf, LiabilityTree, LogNode
 
 PROOF_VERSION = verify.PROOF_VERSION
 _LINK_CHUNK = 50_000
 _INSERT_CHUNK = 10_000
-_LEAF_COLUMNS = ("tree_id", "group_position", "position", "reference", "amount", "salt")
+_COPY_LINES = 50_000
+# Perfect log subtrees of 2**8 links and up are stored (``LogNode``); smaller ones are hashed from links.
+LOG_NODE_MIN_HEIGHT = 8
+_SALT_KEY_SIZE = 32
+_LEAF_COLUMNS = ("tree_id", "group_position", "position", "reference", "amount")
 
 
 class ProofError(LedgerError):
@@ -70,12 +80,60 @@ class ProofMismatch(ProofError):
 # --- liabilities ------------------------------------------------------------------------------------------
 
 
-def _validated(leaves: Iterable[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    """The liabilities as (group, reference, amount) in the tree's order: groups by name, each group's
-    leaves as given (grouped in one pass; sorting a million references would cost seconds)."""
-    by_group: dict[str, list[tuple[str, str, int]]] = {}
+@dataclass(frozen=True)
+class _Liabilities:
+    """Validated liabilities in tree order, as columns: groups by name, each group's leaves as given."""
+
+    references: list[str]
+    amounts: list[int]
+    groups: list[tuple[str, int]]  # (name, number of leaves), in tree order
+
+
+def _validated(leaves: Iterable[tuple[str, str, int]]) -> _Liabilities:
+    """Check and order the liabilities. A million rows are checked with a few passes in C (types, lengths,
+    ranges, duplicates); only when one of them fails does a row-by-row pass find and name the bad row."""
+    rows = list(leaves)
+    references: list[str] = []
+    groups: list[str] = []
+    amounts: list[int] = []
+    if rows:
+        try:
+            if set(map(len, rows)) != {3}:
+                raise ValueError("not three columns")
+            references, groups, amounts = (list(map(itemgetter(i), rows)) for i in range(3))
+        except (TypeError, ValueError, LookupError):
+            _refuse(rows)
+            raise
+    if rows and not (
+        set(map(type, references)) == {str}
+        and set(map(type, groups)) == {str}
+        and set(map(type, amounts)) == {int}
+        and min(map(len, references)) >= 1
+        and max(map(len, references)) <= 200
+        and min(map(len, groups)) >= 1
+        and min(amounts) >= 0
+        and max(amounts) <= merkle.MAX_SUM
+        and len(set(references)) == len(references)
+    ):
+        _refuse(rows)
+    # A stable sort by group name keeps each group's leaves as given (linear when already grouped).
+    order = sorted(range(len(groups)), key=groups.__getitem__)
+    if order != list(range(len(order))):
+        references = [references[i] for i in order]
+        amounts = [amounts[i] for i in order]
+        groups = [groups[i] for i in order]
+    return _Liabilities(
+        references, amounts, [(name, sum(1 for _ in members)) for name, members in groupby(groups)]
+    )
+
+
+def _refuse(rows: list[Any]) -> None:
+    """Name the first liability that cannot be put in a tree (the slow path of ``_validated``)."""
     seen: set[str] = set()
-    for reference, group, amount in leaves:
+    for row in rows:
+        if not isinstance(row, tuple | list) or len(row) != 3:
+            raise InvalidLiabilities(f"负债格式无效 a liability must be (reference, group, amount): {row!r}")
+        reference, group, amount = row
         if not isinstance(reference, str) or not reference or len(reference) > 200:
             raise InvalidLiabilities(f"引用无效 invalid reference {reference!r}", reference=reference)
         if not isinstance(group, str) or not group:
@@ -90,30 +148,34 @@ def _validated(leaves: Iterable[tuple[str, str, int]]) -> list[tuple[str, str, i
         if reference in seen:
             raise InvalidLiabilities(f"引用重复 reference listed twice: {reference}", reference=reference)
         seen.add(reference)
-        by_group.setdefault(group, []).append((group, reference, amount))
-    return [row for name in sorted(by_group) for row in by_group[name]]
+
+
+def leaf_salts(key: bytes, first: int, count: int) -> bytes:
+    """The salts of leaves ``first .. first + count - 1`` (in tree order) of a tree with secret ``key``,
+    concatenated: leaf *i*'s salt is AES-256(key, 2i) || AES-256(key, 2i + 1), i.e. the AES-CTR keystream
+    from counter 2i. One secret per tree, kept with it and never published, gives every leaf a fresh,
+    unpredictable 32-byte salt that need not be stored, and a million of them cost one call; a proof
+    reveals its own leaf's salt, from which no other salt follows."""
+    encryptor = Cipher(algorithms.AES(key), modes.CTR((2 * first).to_bytes(16, "big"))).encryptor()
+    return encryptor.update(bytes(merkle.SALT_SIZE * count)) + encryptor.finalize()
 
 
 def build_liability_tree(leaves: Iterable[tuple[str, str, int]]) -> LiabilityTree:
     """Build and store the Merkle-sum tree of ``(reference, group, amount_fen)`` liabilities.
 
-    Leaves are ordered by group, then as given; each gets a fresh random 32-byte salt. Stored are the tree's
-    roots and each leaf with its salt, enough to serve any leaf's proof later without rebuilding the rest.
-    """
-    rows = _validated(leaves)
-    salts = os.urandom(merkle.SALT_SIZE * len(rows))
+    Leaves are ordered by group, then as given; their salts come from a fresh secret key of this tree
+    (``leaf_salts``). Stored are the tree's roots, its key and each leaf's reference and amount, enough to
+    serve any leaf's proof later without rebuilding the rest."""
+    liabilities = _validated(leaves)
+    key = os.urandom(_SALT_KEY_SIZE)
+    references, amounts = liabilities.references, liabilities.amounts
+    commitments = merkle.liability_commitments(references, amounts, leaf_salts(key, 0, len(references)))
     groups: list[dict[str, Any]] = []
     start = 0
-    for group, members in groupby(rows, key=lambda row: row[0]):
-        end = start + sum(1 for _ in members)
-        amounts = [amount for _, _, amount in rows[start:end]]
-        hashes = merkle.liability_commitments(
-            [reference for _, reference, _ in rows[start:end]],
-            amounts,
-            salts[start * merkle.SALT_SIZE : end * merkle.SALT_SIZE],
-        )
-        root = merkle.SumTree.from_parts(hashes, amounts).root()
-        groups.append({"group": group, "root": root.hash.hex(), "total": root.sum, "count": end - start})
+    for name, count in liabilities.groups:
+        end = start + count
+        root = merkle.SumTree.from_parts(commitments[start:end], amounts[start:end]).root()
+        groups.append({"group": name, "root": root.hash.hex(), "total": root.sum, "count": count})
         start = end
     top = _top_tree(groups).root()
     with transaction.atomic():
@@ -121,23 +183,23 @@ def build_liability_tree(leaves: Iterable[tuple[str, str, int]]) -> LiabilityTre
             created_at=timezone.now(),
             root_hash=top.hash.hex(),
             total=top.sum,
-            leaf_count=len(rows),
+            leaf_count=len(references),
             groups=groups,
+            salt_key=key,
         )
-        _insert_leaves(_leaf_rows(tree.pk, rows, groups, salts))
+        _insert_leaves(tree.pk, liabilities)
     return tree
 
 
-def _leaf_rows(
-    tree_id: int, rows: list[tuple[str, str, int]], groups: list[dict[str, Any]], salts: bytes
-) -> Iterator[tuple[int, int, int, str, int, str]]:
-    index = 0
-    for group_position, group in enumerate(groups):
-        for position in range(group["count"]):
-            _, reference, amount = rows[index]
-            salt = salts[index * merkle.SALT_SIZE : (index + 1) * merkle.SALT_SIZE]
-            yield tree_id, group_position, position, reference, amount, salt.hex()
-            index += 1
+def group_salts(tree: LiabilityTree, group_position: int, stored: list[str | None]) -> bytes:
+    """The salts of one group's leaves, in position order: derived from the tree's key, or for a tree
+    signed before keys (``salt_key`` empty) the hex salts ``stored`` with its leaves."""
+    if tree.salt_key is None:
+        if None in stored:
+            raise ProofMismatch(f"liability tree {tree.pk}: a leaf has lost its salt")
+        return b"".join(bytes.fromhex(salt) for salt in stored if salt is not None)
+    first = sum(int(group["count"]) for group in tree.groups[:group_position])
+    return leaf_salts(bytes(tree.salt_key), first, len(stored))
 
 
 def _top_tree(groups: list[dict[str, Any]]) -> merkle.SumTree:
@@ -146,20 +208,41 @@ def _top_tree(groups: list[dict[str, Any]]) -> merkle.SumTree:
     )
 
 
-def _insert_leaves(rows: Iterator[tuple[int, int, int, str, int, str]]) -> None:
-    """Set-based: COPY on PostgreSQL, chunked executemany elsewhere (a million ORM objects are too slow)."""
+def _insert_leaves(tree_id: int, liabilities: _Liabilities) -> None:
+    """Set-based: one COPY on PostgreSQL, fed as text built in bulk; chunked executemany elsewhere."""
     columns = ", ".join(_LEAF_COLUMNS)
     table = LiabilityLeaf._meta.db_table
+    positions = [
+        (group_position, position)
+        for group_position, (_, count) in enumerate(liabilities.groups)
+        for position in range(count)
+    ]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            references, joined = liabilities.references, "".join(liabilities.references)
+            if any(char in joined for char in "\\\t\n\r"):
+                references = [_copy_text(reference) for reference in references]
+            lines = [
+                f"{tree_id}\t{group_position}\t{position}\t{reference}\t{amount}\n"
+                for (group_position, position), reference, amount in zip(
+                    positions, references, liabilities.amounts, strict=True
+                )
+            ]
             with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+                for i in range(0, len(lines), _COPY_LINES):
+                    copy.write("".join(lines[i : i + _COPY_LINES]))
             return
         placeholders = ", ".join(["%s"] * len(_LEAF_COLUMNS))
         sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
-        while chunk := list(islice(rows, _INSERT_CHUNK)):
+        rows = zip(positions, liabilities.references, liabilities.amounts, strict=True)
+        values = ((tree_id, gp, position, reference, amount) for (gp, position), reference, amount in rows)
+        while chunk := list(islice(values, _INSERT_CHUNK)):
             cursor.executemany(sql, chunk)
+
+
+def _copy_text(value: str) -> str:
+    """A value escaped for COPY's text format."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 # --- the entry log ----------------------------------------------------------------------------------------
@@ -222,16 +305,22 @@ def _extend_log(seq: int, head_hash: str) -> merkle.CompactRange:
                 f"{base.checkpoint_id} no longer matches its signed root; run verify_ledger",
                 checkpoint=base.checkpoint_id,
             )
-    last, batch = b"", []
+    last, batch, nodes = b"", [], []
+
+    def completed(height: int, index: int, digest: bytes) -> None:
+        nodes.append(LogNode(height=height, index=index, hash=digest.hex()))
+
     for digest in _link_hashes(frontier.size + 1, seq):
         batch.append(merkle.leaf_hash(digest))
         last = digest
         if len(batch) == _LINK_CHUNK:
-            frontier.extend(batch)
+            frontier.extend(batch, completed, LOG_NODE_MIN_HEIGHT)
             batch = []
-    frontier.extend(batch)
+    frontier.extend(batch, completed, LOG_NODE_MIN_HEIGHT)
     if seq > (base.log_size if base else 0) and last.hex() != head_hash:
         raise ProofMismatch(f"chain link {seq} changed while signing", seq=seq)
+    # Another checkpoint may have stored the same nodes (they never change): keep the first.
+    LogNode.objects.bulk_create(nodes, ignore_conflicts=True)
     return frontier
 
 
@@ -298,6 +387,38 @@ def log_tree(size: int) -> merkle.MerkleTree:
     return merkle.MerkleTree(b"".join(merkle.leaf_hash(digest) for digest in _link_hashes(1, size)))
 
 
+def stored_inclusion_path(index: int, size: int) -> list[bytes] | None:
+    """PATH(index, D[0:size]) of the entry log from stored subtrees (``LogNode``) and at most two blocks of
+    2**LOG_NODE_MIN_HEIGHT links (the leaf's own and the log's last): O(log n) rows, not every link. None
+    when a subtree it needs was never stored (history sealed before subtrees were kept)."""
+    covers = [merkle.perfect_cover(start, end) for start, end in merkle.inclusion_subtrees(index, size)]
+    wanted = {node for cover in covers for node in cover}
+    high = [node for node in wanted if node[0] >= LOG_NODE_MIN_HEIGHT]
+    hashes: dict[tuple[int, int], bytes] = {}
+    if high:
+        positions = Q()
+        for height, number in high:
+            positions |= Q(height=height, index=number)
+        for height, number, stored in LogNode.objects.filter(positions).values_list(
+            "height", "index", "hash"
+        ):
+            hashes[height, number] = bytes.fromhex(stored)
+        if len(hashes) < len(high):
+            return None
+    block = 1 << LOG_NODE_MIN_HEIGHT
+    low = [node for node in wanted if node[0] < LOG_NODE_MIN_HEIGHT]
+    leaves: dict[int, bytes] = {}
+    for first in sorted({(number << height) // block * block for height, number in low}):
+        for offset, digest in enumerate(_link_hashes(first + 1, min(first + block, size))):
+            leaves[first + offset] = merkle.leaf_hash(digest)
+    for height, number in low:
+        start = number << height
+        hashes[height, number] = merkle.MerkleTree(
+            b"".join(leaves[i] for i in range(start, start + (1 << height)))
+        ).root()
+    return [merkle.fold([hashes[node] for node in cover]) for cover in covers]
+
+
 def checkpoint_document(checkpoint: Checkpoint, *, head_proof: bool = True) -> dict[str, Any]:
     """The checkpoint as a file for ``python -m ledger.verify``: the signed payload and signature, plus (not
     signed, checked) the inclusion path showing the chain head is the last leaf of the signed log tree."""
@@ -328,7 +449,9 @@ def checkpoint_document(checkpoint: Checkpoint, *, head_proof: bool = True) -> d
 
 
 def entry_inclusion_proof(entry_id: int, checkpoint: Checkpoint, *, check: bool = True) -> dict[str, Any]:
-    """Proof that entry ``entry_id``, with its content, is in the log ``checkpoint`` signed.
+    """Proof that entry ``entry_id``, with its content, is in the log ``checkpoint`` signed. Its path comes
+    from the stored log subtrees (``stored_inclusion_path``), or from every link up to the checkpoint for
+    history sealed before subtrees were stored.
 
     With ``check=False`` the proof is returned even when it does not verify (evidence of tampering)."""
     proofs, body = _proofs_of(checkpoint)
@@ -342,8 +465,9 @@ def entry_inclusion_proof(entry_id: int, checkpoint: Checkpoint, *, check: bool 
             f"{checkpoint.pk}; use a later checkpoint",
             entry=entry_id,
         )
-    tree = log_tree(proofs.log_size)
-    path = tree.inclusion_proof(seq - 1)
+    path = stored_inclusion_path(seq - 1, proofs.log_size)
+    if path is None:
+        path = log_tree(proofs.log_size).inclusion_proof(seq - 1)
     proof = {
         "type": "entry_inclusion",
         "version": PROOF_VERSION,
@@ -393,9 +517,15 @@ def consistency_proof(
     return proof
 
 
-def liability_proof(reference: str, checkpoint: Checkpoint, *, check: bool = True) -> dict[str, Any]:
+def liability_proof(
+    reference: str, checkpoint: Checkpoint, *, group: str | None = None, check: bool = True
+) -> dict[str, Any]:
     """Proof for a parent that ``reference``'s amount is counted in its group's signed total and in the
-    signed grand total. Reveals the contract's own amount and salt, and only subtree sums of the others."""
+    signed grand total. Reveals the contract's own amount and salt, and only subtree sums of the others.
+
+    Give the ``group`` the reference was signed under when it is known: its leaf is then found by index
+    among its group's; without it every leaf of the tree is searched (fine for a command line, too slow
+    per request over a million leaves)."""
     proofs, _ = _proofs_of(checkpoint)
     tree = proofs.liability_tree
     if tree is None:
@@ -403,7 +533,7 @@ def liability_proof(reference: str, checkpoint: Checkpoint, *, check: bool = Tru
             f"检查点 {checkpoint.pk} 未签名负债 checkpoint {checkpoint.pk} signs no liabilities",
             checkpoint=checkpoint.pk,
         )
-    leaf = LiabilityLeaf.objects.filter(tree=tree, reference=reference).first()
+    leaf = _find_leaf(tree, reference, group)
     if leaf is None:
         raise ProofUnavailable(
             f"{reference} 不在检查点 {checkpoint.pk} 的负债中 {reference} is not among checkpoint "
@@ -417,19 +547,21 @@ def liability_proof(reference: str, checkpoint: Checkpoint, *, check: bool = Tru
     )
     if [m[0] for m in members] != list(range(len(members))):
         raise ProofMismatch(f"liability tree {tree.pk}: leaves of group {leaf.group_position} are missing")
+    salts = group_salts(tree, leaf.group_position, [salt for _, _, _, salt in members])
+    amounts = [amount for _, _, amount, _ in members]
     group_tree = merkle.SumTree.from_parts(
-        [merkle.liability_commitment(ref, amount, bytes.fromhex(salt)) for _, ref, amount, salt in members],
-        [amount for _, _, amount, _ in members],
+        merkle.liability_commitments([ref for _, ref, _, _ in members], amounts, salts), amounts
     )
-    group = tree.groups[leaf.group_position]
+    salt = salts[leaf.position * merkle.SALT_SIZE : (leaf.position + 1) * merkle.SALT_SIZE]
+    signed_group = tree.groups[leaf.group_position]
     proof = {
         "type": "liability_inclusion",
         "version": PROOF_VERSION,
         "checkpoint_id": checkpoint.pk,
         "reference": reference,
-        "group": group["group"],
+        "group": signed_group["group"],
         "amount": leaf.amount,
-        "salt": leaf.salt,
+        "salt": salt.hex(),
         "group_index": leaf.position,
         "group_size": len(members),
         "group_path": [_sum_node(n) for n in group_tree.inclusion_proof(leaf.position)],
@@ -441,6 +573,16 @@ def liability_proof(reference: str, checkpoint: Checkpoint, *, check: bool = Tru
         document = _document(checkpoint)
         _check(checkpoint, lambda report, key: verify.verify_liability_proof(proof, document, key, report))
     return proof
+
+
+def _find_leaf(tree: LiabilityTree, reference: str, group: str | None) -> LiabilityLeaf | None:
+    leaves = LiabilityLeaf.objects.filter(tree=tree, reference=reference)
+    if group is not None:
+        positions = [i for i, signed in enumerate(tree.groups) if signed["group"] == group]
+        if not positions:
+            return None
+        leaves = leaves.filter(group_position=positions[0])
+    return leaves.first()
 
 
 def _sum_node(node: merkle.SumNode) -> dict[str, Any]:

@@ -15,8 +15,9 @@ from typing import Any
 from django.db.models import QuerySet
 
 from custody.models import Contract, Guardian
+from custody.services.checkpoints import institution_group
 from ledger import chain, proofs
-from ledger.models import Checkpoint, CheckpointProofs, LiabilityLeaf
+from ledger.models import Checkpoint, CheckpointProofs
 
 
 def custody_checkpoints() -> QuerySet[Checkpoint]:
@@ -74,17 +75,14 @@ def contract_liability_proof(
     checkpoint = checkpoint or latest_custody_checkpoint()
     if checkpoint is None:
         return None
-    tree_id = (
-        CheckpointProofs.objects.filter(checkpoint=checkpoint)
-        .values_list("liability_tree_id", flat=True)
-        .first()
-    )
-    if (
-        tree_id is None
-        or not LiabilityLeaf.objects.filter(tree_id=tree_id, reference=contract.number).exists()
-    ):
+    if not CheckpointProofs.objects.filter(checkpoint=checkpoint, liability_tree__isnull=False).exists():
         return None
-    proof = proofs.liability_proof(contract.number, checkpoint)
+    try:
+        proof = proofs.liability_proof(
+            contract.number, checkpoint, group=institution_group(contract.institution)
+        )
+    except proofs.ProofUnavailable:
+        return None  # not counted by this checkpoint
     document = proofs.checkpoint_document(checkpoint, head_proof=False)
     body = json.loads(checkpoint.payload)
     return ContractLiabilityProof(

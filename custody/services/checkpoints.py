@@ -34,7 +34,7 @@ from django.db.models.functions import Coalesce
 
 from custody.models import Contract, ContractState, Institution
 from ledger import chain, merkle, proofs, verify
-from ledger.models import Checkpoint, CheckpointProofs, LiabilityLeaf
+from ledger.models import Checkpoint, CheckpointProofs, LiabilityLeaf, LiabilityTree
 from ledger.verification import Finding
 
 OPEN_STATES = (ContractState.AWAITING_PAYMENT, ContractState.ACTIVE)
@@ -45,17 +45,24 @@ OWED_FEN = (F("prepaid_account__credits_posted") - F("prepaid_account__debits_po
 )
 
 
-def contract_liabilities() -> Iterator[tuple[str, str, int]]:
-    """``(contract number, institution licence number, owed fen)`` for each contract in the tree, streamed
-    (a server-side cursor on PostgreSQL) from the materialized account totals."""
-    rows = (
+def contract_liabilities() -> list[tuple[str, str, int]]:
+    """``(contract number, institution licence number, owed fen)`` for each contract in the tree, from the
+    materialized account totals: one set-based statement, its rows taken as the driver gives them (the
+    ORM's per-row converters cost seconds over a million contracts and add nothing to two strings and an
+    integer). Ordered as the tree is (by institution, then contract), so the leaves come already grouped
+    and are stored in index order."""
+    sql, params = (
         Contract.objects.filter(prepaid_account__isnull=False)
         .annotate(owed_fen=OWED_FEN)
         .filter(Q(state__in=OPEN_STATES) | ~Q(owed_fen=0))
+        .order_by("institution__licence_number", "number")
         .values_list("number", "institution__licence_number", "owed_fen")
+        .query.sql_with_params()
     )
-    for number, licence, owed in rows.iterator(chunk_size=_CHUNK):
-        yield number, licence, int(owed)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows: list[tuple[str, str, int]] = cursor.fetchall()
+    return rows
 
 
 @contextmanager
@@ -161,6 +168,7 @@ def _check_tree(audit: CheckpointAudit, tree_id: int, body: dict[str, Any]) -> N
         .values_list("group_position", "position", "reference", "amount", "salt")
         .iterator(chunk_size=_CHUNK)
     )
+    tree = LiabilityTree.objects.get(pk=tree_id)
     top: list[merkle.SumNode] = []
     seen_groups: list[int] = []
     for group_position, members in groupby(rows, key=lambda row: row[0]):
@@ -173,11 +181,13 @@ def _check_tree(audit: CheckpointAudit, tree_id: int, body: dict[str, Any]) -> N
         if any(amount < 0 for amount in amounts):
             audit.findings.append(Finding("tree", f"group {name}", "holds a negative amount"))
             return
+        try:
+            salts = proofs.group_salts(tree, group_position, [row[4] for row in leaves])
+        except proofs.ProofMismatch as exc:
+            audit.findings.append(Finding("tree", f"group {name}", str(exc)))
+            return
         root = merkle.SumTree.from_parts(
-            merkle.liability_commitments(
-                [row[2] for row in leaves], amounts, b"".join(bytes.fromhex(row[4]) for row in leaves)
-            ),
-            amounts,
+            merkle.liability_commitments([row[2] for row in leaves], amounts, salts), amounts
         ).root()
         if root.sum != signed_groups.get(name):
             audit.findings.append(

@@ -144,6 +144,39 @@ def test_every_inclusion_proof_matches_the_reference_and_verifies() -> None:
     assert checked == REFERENCE_MAX * (REFERENCE_MAX + 1) // 2
 
 
+def test_inclusion_paths_fold_from_perfect_subtrees_alone() -> None:
+    """What proofs served from stored subtrees rely on: every path hash is the fold of at most one perfect
+    subtree per level, each the root of its 2**height leaves."""
+    for size in range(1, REFERENCE_MAX + 1):
+        for index in range(size):
+            path = []
+            for start, end in merkle.inclusion_subtrees(index, size):
+                cover = merkle.perfect_cover(start, end)
+                heights = [height for height, _ in cover]
+                assert heights == sorted(set(heights), reverse=True), (start, end)
+                roots = [ref_mth(LEAVES[i << h : (i + 1) << h]) for h, i in cover]
+                assert sum(1 << h for h, _ in cover) == end - start
+                path.append(merkle.fold(roots))
+            assert path == ref_path(index, LEAVES[:size]), (index, size)
+    with pytest.raises(ValueError, match="not one node"):
+        merkle.perfect_cover(2, 7)
+
+
+def test_a_compact_range_reports_every_perfect_subtree_it_completes() -> None:
+    completed: list[tuple[int, int, bytes]] = []
+    edge = merkle.CompactRange()
+    leaves = [f"entry {i}".encode() for i in range(45)]
+    for start in range(0, 45, 7):
+        chunk = [merkle.leaf_hash(leaf) for leaf in leaves[start : start + 7]]
+        edge.extend(chunk, lambda h, i, d: completed.append((h, i, d)), 2)
+    assert sorted((h, i) for h, i, _ in completed) == sorted(
+        (h, i) for h in range(2, 6) for i in range(45 >> h)
+    )
+    for height, index, digest in completed:
+        assert digest == ref_mth(leaves[index << height : (index + 1) << height])
+    assert edge.root() == ref_mth(leaves)
+
+
 def test_every_consistency_proof_matches_the_reference_and_verifies() -> None:
     tree = merkle.MerkleTree.from_leaves(LEAVES)
     for new in range(REFERENCE_MAX + 1):
@@ -355,6 +388,12 @@ def test_building_refuses_negative_amounts() -> None:
         merkle.SumTree([SumNode(bytes(32), 1.5)])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not fit"):
         merkle.SumTree([SumNode(bytes(32), merkle.MAX_SUM), SumNode(bytes(32), 1)])
+    with pytest.raises(ValueError, match="32 bytes"):
+        merkle.SumTree.from_parts([bytes(32), bytes(31) + bytes(2)], [1, 2])
+    with pytest.raises(ValueError, match="32 bytes"):
+        merkle.SumTree.from_parts([bytes(32), "x" * 32], [1, 2])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="negative"):
+        merkle.liability_commitments(["a", "b"], [1, -1], bytes(64))
 
 
 def _evil_node(left: SumNode, right: SumNode) -> SumNode:

@@ -26,6 +26,7 @@ from ledger.models import (
     Entry,
     LiabilityLeaf,
     LiabilityTree,
+    LogNode,
     Posting,
 )
 from ledger.money import cny
@@ -154,6 +155,58 @@ def test_every_entry_has_an_inclusion_proof_that_verifies(pays: Callable[[int], 
         report = verify.Report()
         verify.verify_entry_inclusion(json.loads(json.dumps(proof)), document, platform_key(), report)
         assert any(f"link {proof['seq']} is in the signed log tree" in line for line in report.lines)
+
+
+def test_inclusion_proofs_read_stored_subtrees_and_two_blocks_of_links(
+    pays: Callable[[int], list[Entry]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints store every perfect subtree of the log they complete (here of 4 links and up, so a small
+    log has some); a proof then reads those and at most two blocks of 4 links, and is the same proof a
+    rebuild of the whole tree gives, for every entry of every checkpoint."""
+    monkeypatch.setattr(proofs, "LOG_NODE_MIN_HEIGHT", 2)
+    checkpoints = []
+    for batch in (5, 9, 17):
+        pays(batch)
+        checkpoints.append(proofs.create_checkpoint_with_proofs())
+    total = ChainLink.objects.count()
+    assert set(LogNode.objects.values_list("height", "index")) == {
+        (h, i) for h in range(2, total.bit_length()) for i in range(total >> h)
+    }
+    read: list[tuple[int, int]] = []
+    links = proofs._link_hashes
+
+    def counted(first: int, last: int) -> Iterator[bytes]:
+        read.append((first, last))
+        return links(first, last)
+
+    monkeypatch.setattr(proofs, "_link_hashes", counted)
+    for checkpoint in checkpoints:
+        size = body(checkpoint)["log_size"]
+        full = merkle.MerkleTree.from_leaves(link_hashes()[:size])
+        for seq, entry_id in ChainLink.objects.filter(seq__lte=size).values_list("seq", "entry_id"):
+            read.clear()
+            proof = proofs.entry_inclusion_proof(entry_id, checkpoint)
+            assert proof["path"] == [h.hex() for h in full.inclusion_proof(seq - 1)]
+            assert len(read) <= 2 and sum(last - first + 1 for first, last in read) <= 8
+
+
+def test_a_changed_stored_subtree_is_refused_and_a_missing_one_falls_back_to_the_links(
+    pays: Callable[[int], list[Entry]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proofs, "LOG_NODE_MIN_HEIGHT", 2)
+    pays(9)
+    checkpoint = proofs.create_checkpoint_with_proofs()
+    first_entry = ChainLink.objects.get(seq=1).entry_id
+    # Link 1's path holds the subtree of links 5-8: (height 2, index 1).
+    LogNode.objects.filter(height=2, index=1).update(hash="00" * 32)
+    with pytest.raises(proofs.ProofMismatch, match="does not verify"):
+        proofs.entry_inclusion_proof(first_entry, checkpoint)
+    # History sealed before subtrees were stored: proven from every link, as before.
+    LogNode.objects.all().delete()
+    proof = proofs.entry_inclusion_proof(first_entry, checkpoint)
+    verify.verify_entry_inclusion(
+        proof, proofs.checkpoint_document(checkpoint), platform_key(), verify.Report()
+    )
 
 
 def test_the_standalone_canonical_form_is_the_ledgers(accounts: Chart) -> None:
@@ -294,8 +347,10 @@ def test_a_checkpoint_signs_the_liabilities_root_total_and_group_totals(
     tree = CheckpointProofs.objects.get(checkpoint=checkpoint).liability_tree
     assert tree is not None and tree.root_hash == signed["liabilities_root"]
     assert LiabilityLeaf.objects.filter(tree=tree).count() == len(SYNTHETIC)
-    # Salts are 32 random bytes each, all different.
-    salts = list(LiabilityLeaf.objects.filter(tree=tree).values_list("salt", flat=True))
+    # Salts are not stored: each leaf's 32 bytes derive from the tree's secret key, all different.
+    assert set(LiabilityLeaf.objects.filter(tree=tree).values_list("salt", flat=True)) == {None}
+    assert tree.salt_key is not None and len(bytes(tree.salt_key)) == 32
+    salts = [proofs.liability_proof(reference, checkpoint)["salt"] for reference, _, _ in SYNTHETIC]
     assert len(set(salts)) == len(salts) and all(len(bytes.fromhex(s)) == 32 for s in salts)
     verify.verify_checkpoint(proofs.checkpoint_document(checkpoint), platform_key(), verify.Report())
 
@@ -339,7 +394,19 @@ def test_an_empty_set_of_liabilities_signs_a_zero_total() -> None:
         ([("contract:1", "i", True)], InvalidAmount, "non-negative"),
         ([("contract:1", "i", 1), ("contract:1", "j", 2)], proofs.InvalidLiabilities, "twice"),
         ([("", "i", 1)], proofs.InvalidLiabilities, "reference"),
+        ([("x" * 201, "i", 1)], proofs.InvalidLiabilities, "reference"),
+        ([(7, "i", 1)], proofs.InvalidLiabilities, "reference"),
         ([("contract:1", "", 1)], proofs.InvalidLiabilities, "group"),
+        ([("contract:1", None, 1)], proofs.InvalidLiabilities, "group"),
+        ([("contract:1", "i", 1), ("contract:2", "i")], proofs.InvalidLiabilities, "must be"),
+        ([("contract:1", "i", 1), 5], proofs.InvalidLiabilities, "must be"),
+        ([("contract:1", "i", 1), {"a": 1, "b": 2, "c": 3}], proofs.InvalidLiabilities, "must be"),
+        # A bad row among many good ones is still found and named.
+        (
+            [(f"contract:{i}", "i", i) for i in range(500)] + [("contract:7", "j", 1)],
+            proofs.InvalidLiabilities,
+            "twice: contract:7",
+        ),
     ],
 )
 def test_invalid_liabilities_are_refused_before_anything_is_signed(
@@ -348,6 +415,81 @@ def test_invalid_liabilities_are_refused_before_anything_is_signed(
     with pytest.raises(error, match=match):
         proofs.create_checkpoint_with_proofs(liabilities=leaves)
     assert (Checkpoint.objects.count(), LiabilityTree.objects.count()) == (0, 0)
+
+
+def test_references_with_copy_control_characters_are_stored_as_given() -> None:
+    """PostgreSQL stores leaves by COPY in text format: a backslash, tab or newline in a reference must not
+    shift a column or change the reference."""
+    odd = [("a\\b", "g:1", 5), ("tab\there", "g:1", 6), ("new\nline\r", "g:2", 7), ("\\N", "g:2", 8)]
+    checkpoint = proofs.create_checkpoint_with_proofs(liabilities=odd)
+    assert sorted(LiabilityLeaf.objects.values_list("reference", "amount")) == sorted(
+        (reference, amount) for reference, _, amount in odd
+    )
+    for reference, group, amount in odd:
+        proof = proofs.liability_proof(reference, checkpoint, group=group)
+        assert (proof["reference"], proof["amount"]) == (reference, amount)
+
+
+def test_leaves_are_ordered_by_group_then_as_given() -> None:
+    given = [("r:3", "g:b", 3), ("r:1", "g:a", 1), ("r:2", "g:b", 2), ("r:0", "g:a", 0)]
+    checkpoint = proofs.create_checkpoint_with_proofs(liabilities=given)
+    stored = list(
+        LiabilityLeaf.objects.order_by("group_position", "position").values_list("reference", flat=True)
+    )
+    assert stored == ["r:1", "r:0", "r:3", "r:2"]
+    assert [(g["group"], g["count"]) for g in proofs_tree(checkpoint).groups] == [("g:a", 2), ("g:b", 2)]
+
+
+def proofs_tree(checkpoint: Checkpoint) -> LiabilityTree:
+    tree = CheckpointProofs.objects.get(checkpoint=checkpoint).liability_tree
+    assert tree is not None
+    return tree
+
+
+def test_each_salt_is_the_aes_block_pair_of_its_leaf_index() -> None:
+    """Leaf i's salt is AES-256(key, 2i) || AES-256(key, 2i + 1): the bulk keystream used to build the
+    tree and the slice a proof derives agree, for any place and length."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = bytes(range(32))
+    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    expected = b"".join(
+        ecb.update((2 * i).to_bytes(16, "big") + (2 * i + 1).to_bytes(16, "big")) for i in range(40)
+    )
+    assert proofs.leaf_salts(key, 0, 40) == expected
+    assert proofs.leaf_salts(key, 13, 5) == expected[13 * 32 : 18 * 32]
+    assert proofs.leaf_salts(bytes(32), 0, 40) != expected
+
+
+def test_a_leaf_is_found_by_its_group_and_not_under_another() -> None:
+    checkpoint = proofs.create_checkpoint_with_proofs(liabilities=SYNTHETIC)
+    assert proofs.liability_proof("contract:c3", checkpoint, group="institution:c")["amount"] == 42
+    for group in ("institution:a", "institution:zz"):
+        with pytest.raises(proofs.ProofUnavailable, match="not among"):
+            proofs.liability_proof("contract:c3", checkpoint, group=group)
+
+
+def test_a_tree_signed_before_salt_keys_serves_proofs_from_its_stored_salts() -> None:
+    """Trees stored before ``salt_key`` kept each leaf's salt in hex; their proofs are still served, and a
+    lost salt is a mismatch, not a crash."""
+    checkpoint = proofs.create_checkpoint_with_proofs(liabilities=SYNTHETIC)
+    tree = proofs_tree(checkpoint)
+    key = bytes(tree.salt_key)
+    for group_position, group in enumerate(tree.groups):
+        first = sum(g["count"] for g in tree.groups[:group_position])
+        for position in range(group["count"]):
+            salt = proofs.leaf_salts(key, first + position, 1).hex()
+            LiabilityLeaf.objects.filter(tree=tree, group_position=group_position, position=position).update(
+                salt=salt
+            )
+    LiabilityTree.objects.filter(pk=tree.pk).update(salt_key=None)
+    before = proofs.leaf_salts(key, 0, 1).hex()
+    assert proofs.liability_proof("contract:a1", checkpoint)["salt"] == before
+    for reference, _, _ in SYNTHETIC:
+        proofs.liability_proof(reference, checkpoint)
+    LiabilityLeaf.objects.filter(tree=tree, reference="contract:b1").update(salt=None)
+    with pytest.raises(proofs.ProofMismatch, match="lost its salt"):
+        proofs.liability_proof("contract:b1", checkpoint)
 
 
 def test_a_changed_stored_liability_is_refused_not_served() -> None:

@@ -294,7 +294,7 @@ def test_postgres_the_checkpoint_reads_balances_and_the_chain_head_in_one_snapsh
     original = checkpoints.contract_liabilities
 
     def interleaved() -> Iterator[tuple[str, str, int]]:
-        rows = original()
+        rows = iter(original())  # the balances are read here, before the payment commits
         yield next(rows)
         worker = threading.Thread(target=_pay_on_another_connection, args=(pay, late.pk))
         worker.start()
