@@ -575,17 +575,22 @@ class CustodyBankSimulator:
 
     def deliveries(self, *, fmt: str = "csv") -> list[Delivery]:
         """Every statement as the bank delivers it, day by day, account by account, except that a statement
-        marked out of sequence comes after the same account's next one."""
+        marked out of sequence comes right after the same account's next one (the next day's statement,
+        wherever that one itself arrives: two marked days in a row arrive last first)."""
         order = sorted(
             ((day, institution_id) for institution_id, a in self.accounts.items() for day in a.statements),
         )
-        for day, institution_id in list(order):
-            if (institution_id, day) not in self.out_of_sequence:
+        following = {}
+        for institution_id in self.accounts:
+            days = [item for item in order if item[1] == institution_id]
+            following.update(zip(days, days[1:], strict=False))
+        # Latest first, so that each marked statement is placed after its successor's final position.
+        for item in sorted(order, reverse=True):
+            day, institution_id = item
+            if (institution_id, day) not in self.out_of_sequence or item not in following:
                 continue
-            position = order.index((day, institution_id))
-            later = next((i for i in range(position + 1, len(order)) if order[i][1] == institution_id), None)
-            if later is not None:
-                order.insert(later, order.pop(position))
+            order.remove(item)
+            order.insert(order.index(following[item]) + 1, item)
         return [
             Delivery(
                 institution_id,

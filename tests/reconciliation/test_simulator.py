@@ -129,6 +129,18 @@ def test_a_late_booking_moves_to_the_next_day_and_a_repeat_gets_its_own_serial(w
     assert late.target != repeat.target
 
 
+def test_two_days_out_of_sequence_in_a_row_each_arrive_after_their_next_day(world_factory: Any) -> None:
+    """Found by the property test: moving each marked day after its successor in turn undid both moves."""
+    world: World = world_factory(1)
+    days = [DAY1 + timedelta(days=n) for n in range(4)]
+    for index, day in enumerate(days):
+        faults = [Fault(FaultKind.OUT_OF_SEQUENCE)] if index in (1, 2) else []
+        with world.bank.day(day, faults=faults):
+            pass
+
+    assert [d.day for d in world.bank.deliveries()] == [days[0], days[3], days[2], days[1]]
+
+
 def test_a_refused_instruction_is_voided_and_not_booked(world_factory: Any) -> None:
     world: World = world_factory(1)
     school = world.institutions[0]
