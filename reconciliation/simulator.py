@@ -580,7 +580,7 @@ class CustodyBankSimulator:
         order = sorted(
             ((day, institution_id) for institution_id, a in self.accounts.items() for day in a.statements),
         )
-        following = {}
+        following: dict[tuple[date, int], tuple[date, int]] = {}
         for institution_id in self.accounts:
             days = [item for item in order if item[1] == institution_id]
             following.update(zip(days, days[1:], strict=False))
