@@ -209,13 +209,24 @@ def post_entry(
 
 
 def post_batch(
-    *, entries: Sequence[NewEntry], on_error: Literal["rollback", "skip"] = "rollback"
+    *,
+    entries: Sequence[NewEntry],
+    on_error: Literal["rollback", "skip"] = "rollback",
+    savepoint: bool = True,
 ) -> BatchResult:
     """Post many entries atomically with set-based SQL.
 
     ``on_error="rollback"``: any bad entry raises and nothing is posted. ``on_error="skip"``: bad entries are
     reported in ``failures`` and the rest are posted. Entries whose keys were posted before are replayed.
+
+    Inside a caller's ``atomic()`` block the batch takes a savepoint, so that after an error (a limit, a
+    conflicting key) the caller's transaction is still usable. ``savepoint=False`` (rollback mode only) is for
+    callers whose whole transaction fails with any error anyway: no savepoint is taken (two statements fewer),
+    and an error marks the caller's block for rollback, as Django's ``atomic(savepoint=False)`` does; a limit
+    error then carries the database's message but not the account's numbers (they cannot be read any more).
     """
+    if not savepoint and on_error != "rollback":
+        raise ValueError("savepoint=False needs on_error='rollback': skip mode isolates errors in savepoints")
     accounts = _resolve_accounts((leg.account for new in entries for leg in new.legs), strict=False)
     specs: list[EntrySpec | None] = []
     failures: list[BatchFailure] = []
@@ -227,7 +238,7 @@ def post_batch(
                 raise
             specs.append(None)
             failures.append(BatchFailure(index, new.idempotency_key, error))
-    return _write_specs(specs, failures, on_error)
+    return _write_specs(specs, failures, on_error, savepoint=savepoint)
 
 
 def reverse_entry(*, entry: Entry, idempotency_key: str, reason: str) -> Entry:
@@ -327,9 +338,17 @@ def _entry_spec(new: NewEntry, accounts: Mapping[str, Account]) -> EntrySpec:
 
 
 def _write_specs(
-    specs: Sequence[EntrySpec | None], failures: list[BatchFailure], on_error: Literal["rollback", "skip"]
+    specs: Sequence[EntrySpec | None],
+    failures: list[BatchFailure],
+    on_error: Literal["rollback", "skip"],
+    *,
+    savepoint: bool = True,
 ) -> BatchResult:
-    """Write the specs, replay the known keys, and in skip mode isolate entries that break a limit."""
+    """Write the specs, replay the known keys, and in skip mode isolate entries that break a limit.
+
+    Rollback mode takes no savepoint of its own around the statement: the block below (a savepoint inside a
+    caller's transaction) already undoes everything on any error, and a refused statement is explained once
+    that block has rolled back and the connection is usable again."""
     valid = [(i, s) for i, s in enumerate(specs) if s is not None]
     # A key repeated inside one batch: the same content is one entry, other content is a conflict.
     first_hash: dict[str, str] = {}
@@ -352,28 +371,37 @@ def _write_specs(
     # One entry outside any transaction: its single statement is atomic on its own (autocommit), and if its
     # key exists nothing was written, so the replay check needs no transaction either. One round trip in all.
     autocommit = connection.vendor == "postgresql" and len(unique) == 1 and not connection.in_atomic_block
-    with contextlib.nullcontext() if autocommit else transaction.atomic():
-        specs_to_write = [s for _, s in unique]
-        if on_error == "rollback":
-            written = _write_or_explain(specs_to_write, savepoint=not autocommit)
-        else:
-            _write_isolating(
-                specs_to_write, [i for i, _ in unique], written, failures, savepoint=not autocommit
-            )
-        existing = _existing_entries(
-            [s.idempotency_key for _, s in unique if s.idempotency_key not in written]
-        )
-        for index, spec in unique:
-            if spec.idempotency_key in written or spec.idempotency_key not in existing:
-                continue
-            if existing[spec.idempotency_key].request_hash != spec.request_hash:
-                error = IdempotencyConflict(
-                    f"idempotency key {spec.idempotency_key} was used before with different content",
-                    key=spec.idempotency_key,
+    specs_to_write = [s for _, s in unique]
+    try:
+        with (
+            contextlib.nullcontext()
+            if autocommit
+            else transaction.atomic(savepoint=savepoint or on_error != "rollback")
+        ):
+            if on_error == "rollback":
+                written = backends.post_entries(specs_to_write)
+            else:
+                _write_isolating(
+                    specs_to_write, [i for i, _ in unique], written, failures, savepoint=not autocommit
                 )
-                if on_error == "rollback":
-                    raise error
-                failures.append(BatchFailure(index, spec.idempotency_key, error))
+            existing = _existing_entries(
+                [s.idempotency_key for _, s in unique if s.idempotency_key not in written]
+            )
+            for index, spec in unique:
+                if spec.idempotency_key in written or spec.idempotency_key not in existing:
+                    continue
+                if existing[spec.idempotency_key].request_hash != spec.request_hash:
+                    error = IdempotencyConflict(
+                        f"idempotency key {spec.idempotency_key} was used before with different content",
+                        key=spec.idempotency_key,
+                    )
+                    if on_error == "rollback":
+                        raise error
+                    failures.append(BatchFailure(index, spec.idempotency_key, error))
+    except IntegrityError as error:
+        if on_error != "rollback":
+            raise
+        raise _explain_integrity_error(error, specs_to_write) from None
 
     failed = {f.index for f in failures}
     entries: list[Entry] = []
@@ -473,6 +501,9 @@ def _explain_integrity_error(
     text = str(error)
     if "within_credits" not in text and "within_debits" not in text and "non_negative" not in text:
         return error
+    if connection.in_atomic_block and connection.needs_rollback:
+        # Written without a savepoint (post_batch(savepoint=False)): the transaction can only roll back now.
+        return LimitExceeded(f"a balance limit would be exceeded: {text.splitlines()[0]}")
     # Find an account the set would push past its limit, from the current totals.
     deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for spec in specs:
