@@ -203,7 +203,11 @@ class Posting(models.Model):
     entry = models.ForeignKey(
         Entry, on_delete=models.PROTECT, related_name="postings", db_index=False, db_constraint=False
     )
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings", db_index=False)
+    # Likewise (migration 0007): the posting trigger checks, once per statement, that every posting's account
+    # exists, and accounts are never deleted nor change id. SQLite keeps the constraint.
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="postings", db_index=False, db_constraint=False
+    )
     amount = models.BigIntegerField()
     currency = models.CharField(max_length=3)
     posted_at = models.DateTimeField()

@@ -474,10 +474,29 @@ def test_sqlite_postings_whose_entry_never_comes_break_a_foreign_key(accounts: C
 @pytest.mark.postgres
 @pytest.mark.django_db
 def test_postgres_postings_refer_to_their_entry_through_the_trigger_not_a_foreign_key() -> None:
-    """Migration 0006 dropped the posting→entry constraint (its per-posting check at COMMIT repeated the
-    trigger's); the account one stays."""
+    """Migrations 0006 and 0007 dropped the posting→entry and posting→account constraints: their per-posting
+    checks at COMMIT repeated, or were replaced by, the posting trigger's per-statement checks."""
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, "ledger_posting")
     foreign_keys = {tuple(c["columns"]) for c in constraints.values() if c["foreign_key"]}
 
-    assert foreign_keys == {("account_id",)}
+    assert foreign_keys == set()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgres_a_posting_on_an_account_that_does_not_exist_is_refused(accounts: Chart) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) + 1000 FROM ledger_account")
+        nowhere = int(cursor.fetchone()[0])
+    ghost = Account(pk=nowhere, code="ghost", currency="CNY")
+
+    with (
+        pytest.raises(IntegrityError, match=f"account {nowhere}, which does not exist"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        entry_id = insert_entry_row(cursor, "raw-ghost")
+        insert_postings(cursor, entry_id, [(accounts.cash, 500), (ghost, -500)])
+
+    assert not Entry.objects.filter(idempotency_key="raw-ghost").exists()
