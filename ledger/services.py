@@ -17,9 +17,10 @@ import contextlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
 from django.db import IntegrityError, connection, transaction
@@ -85,10 +86,17 @@ class BatchFailure:
 
 @dataclass
 class BatchResult:
-    entries: list[Entry]
+    """What a batch did. ``entries`` (written and replayed, in batch order, failures left out) are built on
+    first use: a bulk caller that only counts pays nothing for thousands of objects."""
+
     created: int
     replayed: int
     failures: list[BatchFailure]
+    build_entries: Callable[[], list[Entry]] = field(default=list, repr=False, compare=False)
+
+    @cached_property
+    def entries(self) -> list[Entry]:
+        return self.build_entries()
 
 
 # --- accounts -------------------------------------------------------------------------------------------
@@ -404,36 +412,46 @@ def _write_specs(
         raise _explain_integrity_error(error, specs_to_write) from None
 
     failed = {f.index for f in failures}
-    entries: list[Entry] = []
+    kept: list[EntrySpec] = []
     seen: set[str] = set()
     for index, maybe_spec in enumerate(specs):
         if maybe_spec is None or index in failed or maybe_spec.idempotency_key in seen:
             continue
-        spec = maybe_spec
-        seen.add(spec.idempotency_key)
-        if spec.idempotency_key in written:
-            w = written[spec.idempotency_key]
-            # As the ORM builds a row it read (positional, in field order): a batch builds thousands.
-            entry = Entry.from_db(
-                connection.alias,
-                _WRITTEN_ENTRY_FIELDS,
-                (
-                    w.id,
-                    spec.idempotency_key,
-                    spec.request_hash,
-                    spec.kind,
-                    w.posted_at,
-                    w.effective_at,
-                    spec.metadata,
-                    spec.reverses_id,
-                    spec.pending_transfer_id,
-                ),
-            )
-            entries.append(entry)
-        else:
-            entries.append(existing[spec.idempotency_key])
+        seen.add(maybe_spec.idempotency_key)
+        kept.append(maybe_spec)
+    alias = connection.alias
+
+    def build_entries() -> list[Entry]:
+        entries: list[Entry] = []
+        for spec in kept:
+            if spec.idempotency_key in written:
+                w = written[spec.idempotency_key]
+                # As the ORM builds a row it read (positional, in field order): a batch builds thousands.
+                entry = Entry.from_db(
+                    alias,
+                    _WRITTEN_ENTRY_FIELDS,
+                    (
+                        w.id,
+                        spec.idempotency_key,
+                        spec.request_hash,
+                        spec.kind,
+                        w.posted_at,
+                        w.effective_at,
+                        spec.metadata,
+                        spec.reverses_id,
+                        spec.pending_transfer_id,
+                    ),
+                )
+                entries.append(entry)
+            else:
+                entries.append(existing[spec.idempotency_key])
+        return entries
+
     return BatchResult(
-        entries=entries, created=len(written), replayed=len(entries) - len(written), failures=failures
+        created=len(written),
+        replayed=len(kept) - len(written),
+        failures=failures,
+        build_entries=build_entries,
     )
 
 

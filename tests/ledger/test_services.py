@@ -588,6 +588,20 @@ def savepoints(queries: CaptureQueriesContext) -> int:
     return sum(1 for q in queries.captured_queries if q["sql"].startswith("SAVEPOINT"))
 
 
+def test_batch_builds_its_entries_only_when_asked(accounts: Chart, pay_in: Callable[..., Entry]) -> None:
+    pay_in("100", key="pay-1")
+    post_batch(entries=[release_entry(accounts, "10", key="r-0")])
+
+    result = post_batch(entries=[release_entry(accounts, "10", key=f"r-{i}") for i in range(3)])
+    built_before = "entries" in vars(result)
+
+    assert (result.created, result.replayed) == (2, 1)
+    assert not built_before
+    assert [e.idempotency_key for e in result.entries] == ["r-0", "r-1", "r-2"]
+    assert result.entries[1] == Entry.objects.get(idempotency_key="r-1")
+    assert result.entries is result.entries
+
+
 def test_batch_in_a_callers_block_takes_one_savepoint(accounts: Chart, pay_in: Callable[..., Entry]) -> None:
     pay_in("100", key="pay-1")
 
