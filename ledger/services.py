@@ -17,9 +17,10 @@ import contextlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
 from django.db import IntegrityError, connection, transaction
@@ -85,10 +86,17 @@ class BatchFailure:
 
 @dataclass
 class BatchResult:
-    entries: list[Entry]
+    """What a batch did. ``entries`` (written and replayed, in batch order, failures left out) are built on
+    first use: a bulk caller that only counts pays nothing for thousands of objects."""
+
     created: int
     replayed: int
     failures: list[BatchFailure]
+    build_entries: Callable[[], list[Entry]] = field(default=list, repr=False, compare=False)
+
+    @cached_property
+    def entries(self) -> list[Entry]:
+        return self.build_entries()
 
 
 # --- accounts -------------------------------------------------------------------------------------------
@@ -209,13 +217,24 @@ def post_entry(
 
 
 def post_batch(
-    *, entries: Sequence[NewEntry], on_error: Literal["rollback", "skip"] = "rollback"
+    *,
+    entries: Sequence[NewEntry],
+    on_error: Literal["rollback", "skip"] = "rollback",
+    savepoint: bool = True,
 ) -> BatchResult:
     """Post many entries atomically with set-based SQL.
 
     ``on_error="rollback"``: any bad entry raises and nothing is posted. ``on_error="skip"``: bad entries are
     reported in ``failures`` and the rest are posted. Entries whose keys were posted before are replayed.
+
+    Inside a caller's ``atomic()`` block the batch takes a savepoint, so that after an error (a limit, a
+    conflicting key) the caller's transaction is still usable. ``savepoint=False`` (rollback mode only) is for
+    callers whose whole transaction fails with any error anyway: no savepoint is taken (two statements fewer),
+    and an error marks the caller's block for rollback, as Django's ``atomic(savepoint=False)`` does; a limit
+    error then carries the database's message but not the account's numbers (they cannot be read any more).
     """
+    if not savepoint and on_error != "rollback":
+        raise ValueError("savepoint=False needs on_error='rollback': skip mode isolates errors in savepoints")
     accounts = _resolve_accounts((leg.account for new in entries for leg in new.legs), strict=False)
     specs: list[EntrySpec | None] = []
     failures: list[BatchFailure] = []
@@ -227,7 +246,7 @@ def post_batch(
                 raise
             specs.append(None)
             failures.append(BatchFailure(index, new.idempotency_key, error))
-    return _write_specs(specs, failures, on_error)
+    return _write_specs(specs, failures, on_error, savepoint=savepoint)
 
 
 def reverse_entry(*, entry: Entry, idempotency_key: str, reason: str) -> Entry:
@@ -327,9 +346,17 @@ def _entry_spec(new: NewEntry, accounts: Mapping[str, Account]) -> EntrySpec:
 
 
 def _write_specs(
-    specs: Sequence[EntrySpec | None], failures: list[BatchFailure], on_error: Literal["rollback", "skip"]
+    specs: Sequence[EntrySpec | None],
+    failures: list[BatchFailure],
+    on_error: Literal["rollback", "skip"],
+    *,
+    savepoint: bool = True,
 ) -> BatchResult:
-    """Write the specs, replay the known keys, and in skip mode isolate entries that break a limit."""
+    """Write the specs, replay the known keys, and in skip mode isolate entries that break a limit.
+
+    Rollback mode takes no savepoint of its own around the statement: the block below (a savepoint inside a
+    caller's transaction) already undoes everything on any error, and a refused statement is explained once
+    that block has rolled back and the connection is usable again."""
     valid = [(i, s) for i, s in enumerate(specs) if s is not None]
     # A key repeated inside one batch: the same content is one entry, other content is a conflict.
     first_hash: dict[str, str] = {}
@@ -352,60 +379,79 @@ def _write_specs(
     # One entry outside any transaction: its single statement is atomic on its own (autocommit), and if its
     # key exists nothing was written, so the replay check needs no transaction either. One round trip in all.
     autocommit = connection.vendor == "postgresql" and len(unique) == 1 and not connection.in_atomic_block
-    with contextlib.nullcontext() if autocommit else transaction.atomic():
-        specs_to_write = [s for _, s in unique]
-        if on_error == "rollback":
-            written = _write_or_explain(specs_to_write, savepoint=not autocommit)
-        else:
-            _write_isolating(
-                specs_to_write, [i for i, _ in unique], written, failures, savepoint=not autocommit
-            )
-        existing = _existing_entries(
-            [s.idempotency_key for _, s in unique if s.idempotency_key not in written]
-        )
-        for index, spec in unique:
-            if spec.idempotency_key in written or spec.idempotency_key not in existing:
-                continue
-            if existing[spec.idempotency_key].request_hash != spec.request_hash:
-                error = IdempotencyConflict(
-                    f"idempotency key {spec.idempotency_key} was used before with different content",
-                    key=spec.idempotency_key,
+    specs_to_write = [s for _, s in unique]
+    try:
+        with (
+            contextlib.nullcontext()
+            if autocommit
+            else transaction.atomic(savepoint=savepoint or on_error != "rollback")
+        ):
+            if on_error == "rollback":
+                written = backends.post_entries(specs_to_write)
+            else:
+                _write_isolating(
+                    specs_to_write, [i for i, _ in unique], written, failures, savepoint=not autocommit
                 )
-                if on_error == "rollback":
-                    raise error
-                failures.append(BatchFailure(index, spec.idempotency_key, error))
+            existing = _existing_entries(
+                [s.idempotency_key for _, s in unique if s.idempotency_key not in written]
+            )
+            for index, spec in unique:
+                if spec.idempotency_key in written or spec.idempotency_key not in existing:
+                    continue
+                if existing[spec.idempotency_key].request_hash != spec.request_hash:
+                    error = IdempotencyConflict(
+                        f"idempotency key {spec.idempotency_key} was used before with different content",
+                        key=spec.idempotency_key,
+                    )
+                    if on_error == "rollback":
+                        raise error
+                    failures.append(BatchFailure(index, spec.idempotency_key, error))
+    except IntegrityError as error:
+        if on_error != "rollback":
+            raise
+        raise _explain_integrity_error(error, specs_to_write) from None
 
     failed = {f.index for f in failures}
-    entries: list[Entry] = []
+    kept: list[EntrySpec] = []
     seen: set[str] = set()
     for index, maybe_spec in enumerate(specs):
         if maybe_spec is None or index in failed or maybe_spec.idempotency_key in seen:
             continue
-        spec = maybe_spec
-        seen.add(spec.idempotency_key)
-        if spec.idempotency_key in written:
-            w = written[spec.idempotency_key]
-            # As the ORM builds a row it read (positional, in field order): a batch builds thousands.
-            entry = Entry.from_db(
-                connection.alias,
-                _WRITTEN_ENTRY_FIELDS,
-                (
-                    w.id,
-                    spec.idempotency_key,
-                    spec.request_hash,
-                    spec.kind,
-                    w.posted_at,
-                    w.effective_at,
-                    spec.metadata,
-                    spec.reverses_id,
-                    spec.pending_transfer_id,
-                ),
-            )
-            entries.append(entry)
-        else:
-            entries.append(existing[spec.idempotency_key])
+        seen.add(maybe_spec.idempotency_key)
+        kept.append(maybe_spec)
+    alias = connection.alias
+
+    def build_entries() -> list[Entry]:
+        entries: list[Entry] = []
+        for spec in kept:
+            if spec.idempotency_key in written:
+                w = written[spec.idempotency_key]
+                # As the ORM builds a row it read (positional, in field order): a batch builds thousands.
+                entry = Entry.from_db(
+                    alias,
+                    _WRITTEN_ENTRY_FIELDS,
+                    (
+                        w.id,
+                        spec.idempotency_key,
+                        spec.request_hash,
+                        spec.kind,
+                        w.posted_at,
+                        w.effective_at,
+                        spec.metadata,
+                        spec.reverses_id,
+                        spec.pending_transfer_id,
+                    ),
+                )
+                entries.append(entry)
+            else:
+                entries.append(existing[spec.idempotency_key])
+        return entries
+
     return BatchResult(
-        entries=entries, created=len(written), replayed=len(entries) - len(written), failures=failures
+        created=len(written),
+        replayed=len(kept) - len(written),
+        failures=failures,
+        build_entries=build_entries,
     )
 
 
@@ -473,6 +519,9 @@ def _explain_integrity_error(
     text = str(error)
     if "within_credits" not in text and "within_debits" not in text and "non_negative" not in text:
         return error
+    if connection.in_atomic_block and connection.needs_rollback:
+        # Written without a savepoint (post_batch(savepoint=False)): the transaction can only roll back now.
+        return LimitExceeded(f"a balance limit would be exceeded: {text.splitlines()[0]}")
     # Find an account the set would push past its limit, from the current totals.
     deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for spec in specs:

@@ -235,13 +235,15 @@ def _record(notice: PaymentNotice, contract: Contract, *, now: datetime) -> Paym
                 metadata={"contract": contract.pk},
             )
         )
+    # Inside _accept's block, which any ledger error fails as a whole: no savepoint of the ledger's own.
+    # (AccountNotFound comes before any write, so the retry below is not affected.)
     try:
-        posted = post_batch(entries=entries).entries
+        posted = post_batch(entries=entries, savepoint=False).entries
     except AccountNotFound as missing:
         if missing.details.get("code") != clearing:
             raise
         clearing_account(notice.channel)  # the channel's first payment opens its clearing account
-        posted = post_batch(entries=entries).entries
+        posted = post_batch(entries=entries, savepoint=False).entries
     payment = Payment.objects.create(
         contract=contract,
         channel=notice.channel,

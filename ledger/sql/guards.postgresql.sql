@@ -1,6 +1,6 @@
 -- The ledger's last line of defence on PostgreSQL. A bug in Python cannot break these.
--- Idempotent: migrations 0002 and 0004 both run the current version of this file (0004 upgrades databases
--- that 0002 set up with the earlier per-entry deferred trigger).
+-- Idempotent: migrations 0002, 0004 and 0007 all run the current version of this file (0004 upgrades databases
+-- that 0002 set up with the earlier per-entry deferred trigger; 0007 adds the account check of 3b).
 
 -- 1. History is append-only: no UPDATE or DELETE of entries, postings, chain links or checkpoints.
 CREATE OR REPLACE FUNCTION ledger_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -133,6 +133,14 @@ BEGIN
             WHERE NOT EXISTS (SELECT 1 FROM ledger_entry e WHERE e.id = n.entry_id);
         RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which does not exist (insert the entry first)',
             missing USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    -- 3b. Each posting's account exists: one anti-join per statement instead of a foreign-key check per posting
+    --     at COMMIT (migration 0007). Accounts are never deleted and keep their id (5.), so it stays true.
+    SELECT min(n.account_id) INTO missing FROM new_postings n
+        WHERE NOT EXISTS (SELECT 1 FROM ledger_account a WHERE a.id = n.account_id);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger: a posting cannot be on account %, which does not exist', missing
+            USING ERRCODE = 'foreign_key_violation';
     END IF;
     RETURN NULL;
 END $$;

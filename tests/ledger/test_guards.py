@@ -449,3 +449,54 @@ def test_sqlite_an_entry_whose_postings_do_not_balance_is_refused(accounts: Char
     assert postings_went_in
     assert not Entry.objects.filter(pk=9001).exists()
     assert not Posting.objects.filter(entry_id=9001).exists()
+
+
+@only_sqlite
+@pytest.mark.django_db
+def test_sqlite_postings_whose_entry_never_comes_break_a_foreign_key(accounts: Chart) -> None:
+    """SQLite's triggers cannot check at COMMIT; the posting→entry foreign key (kept on SQLite, dropped on
+    PostgreSQL where the posting trigger enforces more) is what refuses postings left without an entry. It is
+    deferred, so SQLite checks it at COMMIT; ``check_constraints`` runs the same check inside the test's
+    transaction (the tables cannot be emptied after a committing test, their rows cannot be deleted)."""
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, "ledger_posting")
+    foreign_keys = {tuple(c["columns"]) for c in constraints.values() if c["foreign_key"]}
+
+    with pytest.raises(IntegrityError, match="ledger_posting"), transaction.atomic():
+        with connection.cursor() as cursor:
+            insert_postings(cursor, 9001, [(accounts.cash, 500), (accounts.prepaid, -500)])
+        connection.check_constraints(table_names=["ledger_posting"])
+
+    assert foreign_keys == {("entry_id",), ("account_id",)}
+    assert not Posting.objects.filter(entry_id=9001).exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgres_postings_refer_to_their_entry_through_the_trigger_not_a_foreign_key() -> None:
+    """Migrations 0006 and 0007 dropped the posting→entry and posting→account constraints: their per-posting
+    checks at COMMIT repeated, or were replaced by, the posting trigger's per-statement checks."""
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, "ledger_posting")
+    foreign_keys = {tuple(c["columns"]) for c in constraints.values() if c["foreign_key"]}
+
+    assert foreign_keys == set()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgres_a_posting_on_an_account_that_does_not_exist_is_refused(accounts: Chart) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) + 1000 FROM ledger_account")
+        nowhere = int(cursor.fetchone()[0])
+    ghost = Account(pk=nowhere, code="ghost", currency="CNY")
+
+    with (
+        pytest.raises(IntegrityError, match=f"account {nowhere}, which does not exist"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        entry_id = insert_entry_row(cursor, "raw-ghost")
+        insert_postings(cursor, entry_id, [(accounts.cash, 500), (ghost, -500)])
+
+    assert not Entry.objects.filter(idempotency_key="raw-ghost").exists()

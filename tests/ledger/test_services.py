@@ -12,7 +12,9 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.transaction import TransactionManagementError
+from django.test.utils import CaptureQueriesContext
 from moneyed import Money
 
 from ledger import clock
@@ -580,6 +582,60 @@ def test_a_refused_statement_leaves_the_outer_transaction_usable(
 
 
 # --- post_batch -----------------------------------------------------------------------------------------
+
+
+def savepoints(queries: CaptureQueriesContext) -> int:
+    return sum(1 for q in queries.captured_queries if q["sql"].startswith("SAVEPOINT"))
+
+
+def test_batch_builds_its_entries_only_when_asked(accounts: Chart, pay_in: Callable[..., Entry]) -> None:
+    pay_in("100", key="pay-1")
+    post_batch(entries=[release_entry(accounts, "10", key="r-0")])
+
+    result = post_batch(entries=[release_entry(accounts, "10", key=f"r-{i}") for i in range(3)])
+    built_before = "entries" in vars(result)
+
+    assert (result.created, result.replayed) == (2, 1)
+    assert not built_before
+    assert [e.idempotency_key for e in result.entries] == ["r-0", "r-1", "r-2"]
+    assert result.entries[1] == Entry.objects.get(idempotency_key="r-1")
+    assert result.entries is result.entries
+
+
+def test_batch_in_a_callers_block_takes_one_savepoint(accounts: Chart, pay_in: Callable[..., Entry]) -> None:
+    pay_in("100", key="pay-1")
+
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        post_batch(entries=[release_entry(accounts, "10", key="r-1")])
+
+    assert savepoints(queries) == 1
+    assert posted(accounts.payable) == cny("10")
+
+
+def test_batch_without_savepoint_takes_none_and_an_error_dooms_the_callers_block(
+    accounts: Chart, pay_in: Callable[..., Entry]
+) -> None:
+    pay_in("100", key="pay-1")
+
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as queries:
+            post_batch(entries=[release_entry(accounts, "10", key="r-1")], savepoint=False)
+        with pytest.raises(LimitExceeded, match="within_credits"):
+            post_batch(entries=[release_entry(accounts, "500", key="r-2")], savepoint=False)
+        doomed = transaction.get_rollback()
+        with pytest.raises(TransactionManagementError):
+            Entry.objects.count()
+
+    assert savepoints(queries) == 0
+    assert doomed
+    # The block rolled back as a whole: the first batch too, which had no savepoint of its own.
+    assert sorted(Entry.objects.values_list("idempotency_key", flat=True)) == ["pay-1"]
+    assert posted(accounts.payable) == cny("0")
+
+
+def test_batch_without_savepoint_is_rollback_mode_only(accounts: Chart) -> None:
+    with pytest.raises(ValueError, match="rollback"):
+        post_batch(entries=[release_entry(accounts, "10", key="r-1")], on_error="skip", savepoint=False)
 
 
 def test_batch_rollback_posts_everything_in_one_go(accounts: Chart, pay_in: Callable[..., Entry]) -> None:
