@@ -196,14 +196,14 @@ class Posting(models.Model):
     """
 
     # Both lookups are served by the composite indexes below.
-    # No foreign-key constraint on PostgreSQL (migration 0006): the posting trigger already refuses, at once,
+    # No foreign-key constraint on PostgreSQL (migration 0007): the posting trigger already refuses, at once,
     # a posting whose entry does not exist or was not inserted by the current transaction, and entries are
     # never updated or deleted, so the constraint's per-posting check at COMMIT only repeated it. SQLite keeps
     # the constraint from 0001 (it has no other way to refuse, at COMMIT, a posting whose entry never came).
     entry = models.ForeignKey(
         Entry, on_delete=models.PROTECT, related_name="postings", db_index=False, db_constraint=False
     )
-    # Likewise (migration 0007): the posting trigger checks, once per statement, that every posting's account
+    # Likewise (migration 0008): the posting trigger checks, once per statement, that every posting's account
     # exists, and accounts are never deleted nor change id. SQLite keeps the constraint.
     account = models.ForeignKey(
         Account, on_delete=models.PROTECT, related_name="postings", db_index=False, db_constraint=False

@@ -135,7 +135,7 @@ BEGIN
             missing USING ERRCODE = 'integrity_constraint_violation';
     END IF;
     -- 3b. Each posting's account exists: one anti-join per statement instead of a foreign-key check per posting
-    --     at COMMIT (migration 0007). Accounts are never deleted and keep their id (5.), so it stays true.
+    --     at COMMIT (migration 0008). Accounts are never deleted and keep their id (5.), so it stays true.
     SELECT min(n.account_id) INTO missing FROM new_postings n
         WHERE NOT EXISTS (SELECT 1 FROM ledger_account a WHERE a.id = n.account_id);
     IF missing IS NOT NULL THEN

@@ -474,7 +474,7 @@ def test_sqlite_postings_whose_entry_never_comes_break_a_foreign_key(accounts: C
 @pytest.mark.postgres
 @pytest.mark.django_db
 def test_postgres_postings_refer_to_their_entry_through_the_trigger_not_a_foreign_key() -> None:
-    """Migrations 0006 and 0007 dropped the posting→entry and posting→account constraints: their per-posting
+    """Migrations 0007 and 0008 dropped the posting→entry and posting→account constraints: their per-posting
     checks at COMMIT repeated, or were replaced by, the posting trigger's per-statement checks."""
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, "ledger_posting")

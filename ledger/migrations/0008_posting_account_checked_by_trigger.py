@@ -43,7 +43,7 @@ def restore_account_constraint(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("ledger", "0006_posting_entry_checked_by_trigger")]
+    dependencies = [("ledger", "0007_posting_entry_checked_by_trigger")]
 
     operations = [
         migrations.SeparateDatabaseAndState(

@@ -40,7 +40,7 @@ def restore_entry_constraint(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("ledger", "0004_statement_level_balance_checks")]
+    dependencies = [("ledger", "0006_log_tree_nodes_for_inclusion_proofs")]
 
     operations = [
         migrations.SeparateDatabaseAndState(
