@@ -34,9 +34,7 @@ from django.db import connection
 
 from custody.models import Contract, Institution
 from custody.rules import latest_service_end
-from ledger.verification import Finding, Report
-
-Progress = Callable[[str, int, int], None]
+from ledger.verification import Finding, Progress, Report, run_stages
 
 MAX_FINDINGS_PER_QUERY = 1000
 CONTRACT_CHUNK = 50_000  # contracts per set-based pass of invariants 4 and 6
@@ -434,10 +432,4 @@ def verify_custody(progress: Progress | None = None) -> Report:
         ("open_caps", check_open_caps),
         ("closure_refunds", check_closures),
     ]
-    for index, (name, run) in enumerate(stages, start=1):
-        if progress:
-            progress(name, index - 1, len(stages))
-        run(report)
-    if progress:
-        progress("done", len(stages), len(stages))
-    return report
+    return run_stages(report, stages, progress)

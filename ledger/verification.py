@@ -7,7 +7,7 @@ changed, deleted or inserted with raw SQL (triggers disabled) shows up as a find
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from django.db import connection
@@ -254,8 +254,17 @@ def verify(progress: Progress | None = None) -> Report:
         ("checkpoints", check_checkpoints),
         ("log_roots", check_log_roots),
     ]
+    return run_stages(report, stages, progress)
+
+
+def run_stages(
+    report: Report, stages: Sequence[tuple[str, Callable[[Report], None]]], progress: Progress | None
+) -> Report:
+    """Run named checks in order into ``report``; ``progress`` hears as each starts and when all are done."""
     for index, (name, run) in enumerate(stages, start=1):
         if progress:
             progress(name, index - 1, len(stages))
         run(report)
+    if progress:
+        progress("done", len(stages), len(stages))
     return report

@@ -211,6 +211,7 @@ def test_verify_reports_progress_by_stage(busy_ledger: Chart) -> None:
         "chain",
         "checkpoints",
         "log_roots",
+        "done",
     ]
     assert ("chain", Entry.objects.count(), Entry.objects.count()) in calls
 
