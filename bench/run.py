@@ -7,7 +7,9 @@
     .venv/bin/python bench/run.py --fresh               # drop and recreate the bench database first
 
 Benchmarks run against PostgreSQL only: DATABASE_URL must be a postgres:// URL, and when it is unset it
-defaults to postgres://postgres@127.0.0.1:5432/custody_bench. The database is created if missing, and the apps
+defaults to postgres://postgres@127.0.0.1:5432/custody_bench. Each area's benchmarks (ledger, custody, audit,
+...) run in a child process on a database of its own, named after it (custody_bench_ledger, ...), so that one
+area's data set never meets another's jobs. The database is created if missing, and the apps
 the selected benchmarks measure are migrated, before the first benchmark. results.json is a flat object
 {"key": {"value": ..., "unit": ..., "target": ..., "conditions": ...}}; keys not re-run keep their previous
 results. A benchmark's conditions may carry a one-line "summary", which the Markdown table shows.
@@ -19,10 +21,12 @@ import argparse
 import importlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
@@ -141,6 +145,38 @@ def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def area_database_url(url: str, area: str) -> str:
+    """The database of one area's benchmarks: the bench database's name with ``_<area>`` appended."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}_{area}"))
+
+
+def run_areas_apart(keys: list[str], areas: list[str], args: argparse.Namespace) -> int:
+    """Run each area's benchmarks in a child process on a database of its own. Their data sets must not meet:
+    a job such as auto-confirmation acts on every due lesson in its database, including another area's
+    synthetic ones."""
+    failed = []
+    for area in areas:
+        chosen = [key for key in keys if key.split(".", 1)[0] == area]
+        command = [sys.executable, str(Path(__file__).resolve()), "--results", str(args.results)]
+        command += ["--only", *chosen]
+        if args.fresh:
+            command.append("--fresh")
+        area_url = area_database_url(os.environ["DATABASE_URL"], area)
+        env = dict(os.environ, BENCH_AREA=area, DATABASE_URL=area_url)
+        database = urlsplit(env["DATABASE_URL"]).path[1:]
+        print(f"bench: {area}: {len(chosen)} benchmark(s) on database {database}", flush=True)
+        if subprocess.run(command, env=env, check=False).returncode != 0:
+            failed.append(area)
+    rows = json.loads(args.results.read_text()) if args.results.exists() else {}
+    print()
+    print_table({key: rows[key] for key in keys if key in rows})
+    if failed:
+        print(f"bench: failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.markdown:
@@ -166,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     if not keys:
         print("bench: no benchmarks registered yet (add bench/bench_*.py modules; see bench/registry.py)")
         return 0
+
+    if "BENCH_AREA" not in os.environ:  # this process chooses; a child per area measures
+        return run_areas_apart(keys, sorted({key.split(".", 1)[0] for key in keys}), args)
 
     from bench.registry import TARGETS
 
