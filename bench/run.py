@@ -98,10 +98,26 @@ def prepare_database(keys: list[str], *, fresh: bool = False) -> None:
             conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
     areas = sorted({key.split(".", 1)[0] for key in keys})
     if all(apps.is_installed(area) for area in areas):
-        for area in areas:
-            call_command("migrate", area, verbosity=0, interactive=False)
+        # Each measured app and every app it depends on, all to their latest migration: ``migrate custody``
+        # alone would stop the ledger at the migration custody's depend on, and measure an older schema
+        # (other triggers and foreign keys) than production runs.
+        for app in _with_dependencies(areas):
+            call_command("migrate", app, verbosity=0, interactive=False)
     else:
         call_command("migrate", verbosity=0, interactive=False)
+
+
+def _with_dependencies(app_labels: list[str]) -> list[str]:
+    """The given apps and every app their migrations depend on, transitively."""
+    from django.db import connection
+    from django.db.migrations.loader import MigrationLoader
+
+    graph = MigrationLoader(connection, ignore_no_migrations=True).graph
+    found: set[str] = set()
+    for label in app_labels:
+        for node in graph.leaf_nodes(label):
+            found.update(app for app, _ in graph.forwards_plan(node))
+    return sorted(found | set(app_labels))
 
 
 def merge_results(path: Path, new: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -72,7 +72,8 @@ LESSON_TRANSITIONS: Mapping[str, frozenset[str]] = {
 _REFUND_STOPS_LESSONS = (RefundState.CLAIMED, RefundState.APPROVED, RefundState.INSTRUCTED, RefundState.PAID)
 MAX_LESSON_HOURS = 12
 # Holds posted per ledger call inside one auto-confirmation transaction: the ledger's set-based statement
-# is fastest around 10,000 rows (measured: 20,000 posts took 13.5 s in one call, 10.3 s in two).
+# is fastest around 10,000 rows (measured: 20,000 posts took 13.5 s in one call, 10.3 s in two; with the holds
+# in contract order, 100,000 lessons took 13.2 s in calls of 5,000 or 10,000 and 14.2 s in calls of 50,000).
 LEDGER_CHUNK = 10_000
 
 
@@ -587,7 +588,9 @@ def _auto_confirm_batch(moment: datetime, limit: int) -> tuple[int, int]:
                     institution__closure__refunds_start_at__gt=moment,
                 )
             )
-            .order_by("pk")
+            # A contract's lessons together: a transaction then finishes its contracts and touches each of
+            # their rows (and prepaid accounts) once, instead of every contract with a due lesson.
+            .order_by("contract_id", "pk")
             .values_list("pk", "contract_id")[:limit]
         )
         if not due:
@@ -603,9 +606,12 @@ def _auto_confirm_batch(moment: datetime, limit: int) -> tuple[int, int]:
             extra={"confirmed_at": moment, "confirmed_by": ConfirmedBy.SILENCE.value},
             returning="id, contract_id, hours, pending_transfer_id",
         )
+        # In contract order, so that each ledger call touches its own contracts' prepaid accounts: in lesson
+        # order every call would update every account of the batch again, and an account row updated many
+        # times in one transaction costs more each time (its versions pile up until the transaction ends).
         resolutions = [
             Resolution(transfer_id, "post", release_key(pk))
-            for pk, _, _, transfer_id in sorted(rows)
+            for pk, _, _, transfer_id in sorted(rows, key=lambda row: (row[1], row[0]))
             if transfer_id is not None
         ]
         for start in range(0, len(resolutions), LEDGER_CHUNK):

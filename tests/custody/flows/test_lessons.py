@@ -22,6 +22,7 @@ from custody.selectors.lessons import (
 from custody.services.institutions import freeze_institution, unfreeze_institution
 from custody.services.lessons import (
     NewLesson,
+    _auto_confirm_batch,
     auto_confirm_due_lessons,
     confirm_lesson,
     dispute_lesson,
@@ -276,6 +277,23 @@ def test_auto_confirmation_works_in_batches(
         assert (stored.hours_pending, stored.hours_consumed) == (0, 4)
         assert posted(prepaid(contract)) == 160_000 - 4 * 8_000
     assert posted(payable(contracts[0].institution)) == 3 * 4 * 8_000
+
+
+def test_an_auto_confirmation_batch_takes_a_contracts_lessons_together(
+    make_contract: ContractFactory, make_student: Callable, pay: Callable
+) -> None:
+    # Recorded round by round, so lesson ids interleave the contracts; a batch still takes whole contracts
+    # (each ledger call then touches only its own contracts' accounts).
+    contracts = sorted((pay(make_contract(student=make_student())) for _ in range(3)), key=lambda c: c.pk)
+    record_lessons(lessons=[lesson(c, f"R{c.pk}-{n}") for n in range(4) for c in contracts])
+
+    assert _auto_confirm_batch(clock.now() + timedelta(days=60), 4) == (4, 4)
+
+    confirmed = Lesson.objects.filter(state=LessonState.CONFIRMED)
+    assert sorted(confirmed.values_list("contract_id", flat=True)) == [contracts[0].pk] * 4
+    assert Lesson.objects.filter(state=LessonState.PENDING).count() == 8
+    assert posted(prepaid(contracts[0])) == 160_000 - 4 * 8_000
+    assert posted(prepaid(contracts[1])) == 160_000
 
 
 def test_the_lesson_selectors_show_what_awaits_the_parent_and_the_institution(
