@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -186,8 +186,11 @@ def post_entries(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
     raise NotImplementedError(f"the ledger supports PostgreSQL and SQLite, not {connection.vendor}")
 
 
-def _execute_prepared(sql: str, params: dict[str, Any], setup: Sequence[str] = ()) -> list[tuple[Any, ...]]:
-    """Run ``sql`` as a prepared statement on Django's connection (same transaction).
+def execute_prepared(
+    sql: str, params: Mapping[str, Any] | Sequence[Any], setup: Sequence[str] = ()
+) -> list[tuple[Any, ...]]:
+    """Run ``sql`` as a prepared statement on Django's PostgreSQL connection (same transaction) and return
+    its rows. For fixed statements on hot paths (the ledger's postings, the API's hottest reads).
 
     Django binds parameters on the client, so PostgreSQL would parse and plan the statement on every call;
     a server-side-binding cursor lets psycopg prepare it once per connection."""
@@ -207,7 +210,7 @@ def _execute_prepared(sql: str, params: dict[str, Any], setup: Sequence[str] = (
 
 def _post_transfer_postgres(spec: EntrySpec) -> dict[str, WrittenEntry]:
     (account1, amount1), (account2, amount2) = spec.legs
-    rows = _execute_prepared(
+    rows = execute_prepared(
         _POSTGRES_POST_TRANSFER,
         {
             "key": spec.idempotency_key,
@@ -257,7 +260,7 @@ def _post_entries_postgres(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry
     setup = (
         ["SET LOCAL jit = off"] if len(specs) >= _JIT_OFF_FROM_ENTRIES and connection.in_atomic_block else []
     )
-    ((posted_at, ids, keys),) = _execute_prepared(_POSTGRES_POST_ENTRIES, params, setup)
+    ((posted_at, ids, keys),) = execute_prepared(_POSTGRES_POST_ENTRIES, params, setup)
     if not ids:
         return {}
     effective = {s.idempotency_key: s.effective_at for s in specs}

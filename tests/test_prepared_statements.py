@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 
 from custody.selectors._prepared import fetch_one
-from ledger.backends import _execute_prepared
+from ledger.backends import execute_prepared
 
 
 def _prepared_read(sql: str) -> Any:
@@ -19,7 +19,7 @@ def _prepared_read(sql: str) -> Any:
 
 
 def _ledger_prepared(sql: str) -> Any:
-    return _execute_prepared(sql, {})[0]
+    return execute_prepared(sql, {})[0]
 
 
 @pytest.mark.postgres

@@ -13,21 +13,13 @@ from typing import Any
 
 from django.db import connection
 
+from ledger.backends import execute_prepared
+
 
 def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
     if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()
-    import psycopg
-
-    # As Django's own cursor() does: drop a connection that failed its health check, then (re)connect.
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    try:
-        with psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(sql, params, prepare=True)
-            return cursor.fetchone()
-    except psycopg.Error as error:
-        with connection.wrap_database_errors:
-            raise error
+    rows = execute_prepared(sql, params)
+    return rows[0] if rows else None
