@@ -9,8 +9,8 @@
 Benchmarks run against PostgreSQL only: DATABASE_URL must be a postgres:// URL, and when it is unset it
 defaults to postgres://postgres@127.0.0.1:5432/custody_bench. Each area's benchmarks (ledger, custody, audit,
 ...) run in a child process on a database of its own, named after it (custody_bench_ledger, ...), so that one
-area's data set never meets another's jobs. The database is created if missing, and the apps
-the selected benchmarks measure are migrated, before the first benchmark. results.json is a flat object
+area's data set never meets another's jobs. The database is created if missing and migrated before the first
+benchmark. results.json is a flat object
 {"key": {"value": ..., "unit": ..., "target": ..., "conditions": ...}}; keys not re-run keep their previous
 results. A benchmark's conditions may carry a one-line "summary", which the Markdown table shows.
 """
@@ -70,13 +70,9 @@ def load_benchmarks() -> dict[str, Any]:
     return REGISTRY
 
 
-def prepare_database(keys: list[str], *, fresh: bool = False) -> None:
-    """Create the bench database if it does not exist (drop it first when ``fresh``), then migrate the apps
-    the benchmarks measure (the area of "<area>.<what>", with their dependencies), or every app when an area
-    is not an app. Migrating only what is measured keeps a run independent of other apps' unfinished
-    migrations."""
+def prepare_database(*, fresh: bool = False) -> None:
+    """Create the bench database if it does not exist (drop it first when ``fresh``), then migrate it."""
     import psycopg
-    from django.apps import apps
     from django.conf import settings
     from django.core.management import call_command
 
@@ -96,28 +92,9 @@ def prepare_database(keys: list[str], *, fresh: bool = False) -> None:
         if not exists:
             print(f"bench: creating database {db['NAME']}")
             conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
-    areas = sorted({key.split(".", 1)[0] for key in keys})
-    if all(apps.is_installed(area) for area in areas):
-        # Each measured app and every app it depends on, all to their latest migration: ``migrate custody``
-        # alone would stop the ledger at the migration custody's depend on, and measure an older schema
-        # (other triggers and foreign keys) than production runs.
-        for app in _with_dependencies(areas):
-            call_command("migrate", app, verbosity=0, interactive=False)
-    else:
-        call_command("migrate", verbosity=0, interactive=False)
-
-
-def _with_dependencies(app_labels: list[str]) -> list[str]:
-    """The given apps and every app their migrations depend on, transitively."""
-    from django.db import connection
-    from django.db.migrations.loader import MigrationLoader
-
-    graph = MigrationLoader(connection, ignore_no_migrations=True).graph
-    found: set[str] = set()
-    for label in app_labels:
-        for node in graph.leaf_nodes(label):
-            found.update(app for app, _ in graph.forwards_plan(node))
-    return sorted(found | set(app_labels))
+    # Every app to its latest migration, as production runs: migrating only the measured app stopped its
+    # dependencies (the ledger) at the migration it depends on, an older schema than production's.
+    call_command("migrate", verbosity=0, interactive=False)
 
 
 def merge_results(path: Path, new: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -229,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.registry import TARGETS
 
-    prepare_database(keys, fresh=args.fresh)
+    prepare_database(fresh=args.fresh)
     new: dict[str, dict[str, Any]] = {}
     for key in keys:
         print(f"bench: running {key} ...", flush=True)
