@@ -334,31 +334,26 @@ end
 """
 
 
+def _run_client(command: list[str], seconds: float) -> dict[str, Any]:
+    """Run a load client for ``seconds`` and return the JSON of its ``RESULT`` line."""
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+    result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+    return result
+
+
 def _wrk(base: str, tokens: list[str], seconds: float) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_WRK_SCRIPT % ", ".join(json.dumps(t) for t in tokens))
     try:
-        out = subprocess.run(
-            [
-                "wrk",
-                f"-t{WRK_THREADS}",
-                f"-c{WRK_CONNECTIONS}",
-                f"-d{max(1, round(seconds))}s",
-                "--timeout",
-                "5s",
-                "-s",
-                script.name,
-                base,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-            check=True,
-        ).stdout
+        result = _run_client(
+            ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{max(1, round(seconds))}s"]
+            + ["--timeout", "5s", "-s", script.name, base],
+            seconds,
+        )
     finally:
         os.unlink(script.name)
-    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
-    return dict(json.loads(line[len("RESULT ") :]), client=f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}")
+    return dict(result, client=f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}")
 
 
 def _python_client(base: str, tokens: list[str], seconds: float) -> dict[str, Any]:
@@ -367,29 +362,15 @@ def _python_client(base: str, tokens: list[str], seconds: float) -> dict[str, An
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as listing:
         json.dump(tokens, listing)
     try:
-        out = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "loadgen.py"),
-                "--url",
-                f"{base}/api/v1/parent/balance/",
-                "--tokens",
-                listing.name,
-                "--connections",
-                str(WRK_CONNECTIONS),
-                "--seconds",
-                str(seconds),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-            check=True,
-        ).stdout
+        result = _run_client(
+            [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--url", f"{base}/api/v1/parent/balance/"]
+            + ["--tokens", listing.name, "--connections", str(WRK_CONNECTIONS), "--seconds", str(seconds)],
+            seconds,
+        )
     finally:
         os.unlink(listing.name)
-    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     return dict(
-        json.loads(line[len("RESULT ") :]),
+        result,
         client=f"bench/loadgen.py, 1 process, {WRK_CONNECTIONS} keep-alive connections (wrk not installed)",
     )
 
