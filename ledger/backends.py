@@ -208,6 +208,50 @@ def execute_prepared(
             raise error
 
 
+_POSTGRES_INSERT_ACCOUNTS = """
+INSERT INTO ledger_account (code, name, type, currency, debits_must_not_exceed_credits,
+                            credits_must_not_exceed_debits, debits_posted, credits_posted, debits_pending,
+                            credits_pending, posting_count, metadata, created_at)
+SELECT code, name, type, currency, dr_limit, cr_limit, 0, 0, 0, 0, 0, metadata::jsonb, %(created_at)s
+FROM unnest(%(codes)s::text[], %(names)s::text[], %(types)s::text[], %(currencies)s::text[],
+            %(dr_limits)s::boolean[], %(cr_limits)s::boolean[], %(metadata)s::text[])
+    WITH ORDINALITY AS t(code, name, type, currency, dr_limit, cr_limit, metadata, ord)
+ORDER BY ord
+RETURNING id, code
+"""
+
+
+def insert_accounts(accounts: Sequence[Any]) -> None:
+    """INSERT new ``Account`` instances (no primary key yet) and set their keys: one prepared statement on
+    PostgreSQL (a contract's signing opens two accounts, and the ORM's compile costs more than the insert),
+    ``bulk_create`` elsewhere. All share one ``created_at``."""
+    if not accounts:
+        return
+    if connection.vendor != "postgresql":
+        type(accounts[0]).objects.bulk_create(accounts)
+        return
+    created_at = timezone.now()
+    rows = execute_prepared(
+        _POSTGRES_INSERT_ACCOUNTS,
+        {
+            "codes": [a.code for a in accounts],
+            "names": [a.name for a in accounts],
+            "types": [str(a.type) for a in accounts],
+            "currencies": [a.currency for a in accounts],
+            "dr_limits": [a.debits_must_not_exceed_credits for a in accounts],
+            "cr_limits": [a.credits_must_not_exceed_debits for a in accounts],
+            "metadata": [json.dumps(a.metadata, sort_keys=True) for a in accounts],
+            "created_at": created_at,
+        },
+    )
+    ids = {code: id_ for id_, code in rows}
+    for account in accounts:
+        account.pk = ids[account.code]
+        account.created_at = created_at
+        account._state.adding = False
+        account._state.db = connection.alias
+
+
 def _post_transfer_postgres(spec: EntrySpec) -> dict[str, WrittenEntry]:
     (account1, amount1), (account2, amount2) = spec.legs
     rows = execute_prepared(

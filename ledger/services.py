@@ -164,7 +164,8 @@ def open_new_accounts(*, accounts: Sequence[NewAccount]) -> list[Account]:
     if len(set(codes)) != len(codes):
         raise AccountConflict("an account code appears twice", code=codes[0])
     try:
-        return Account.objects.bulk_create(rows)
+        backends.insert_accounts(rows)
+        return rows
     except IntegrityError as error:
         if "ledger_account_code" in str(error) or "ledger_account.code" in str(error):
             raise AccountConflict(f"an account of {sorted(codes)} exists already", codes=codes) from None

@@ -6,6 +6,7 @@ from django.db.models import F, QuerySet, Sum
 from moneyed import Money
 
 from custody.models import Contract, ContractState, Institution, Student
+from custody.selectors._prepared import ModelColumns, fetch_one
 from ledger.money import from_minor
 from ledger.selectors import balance
 
@@ -38,30 +39,27 @@ def latest_ending(contracts: QuerySet[Contract]) -> Contract | None:
     return contracts.order_by("-service_ends_on", "-pk").first()
 
 
+_OPEN_LATEST = ModelColumns(Contract, "c", fields=("id", "number", "service_ends_on"))
+_OPEN_SUMMARY_SQL = f"""
+SELECT {_OPEN_LATEST.sql},
+       sum(c.paid_hours + c.gift_hours - c.hours_consumed - c.hours_pending - c.paid_hours_refunded) OVER ()
+FROM custody_contract c
+WHERE c.student_id = %s AND c.institution_id = %s AND c.subject = %s AND c.state IN (%s, %s)
+ORDER BY c.service_ends_on DESC, c.id DESC
+LIMIT 1
+"""
+
+
 def open_contracts_summary(
     *, student_id: int, institution_id: int, subject: str
 ) -> tuple[int, Contract | None]:
-    """What the anti-splitting rule looks at, in one query: the unconsumed hours of the student's open
-    contracts at this institution in this subject (as ``unconsumed_hours``) and the one whose service period
-    ends last (as ``latest_ending``). A student has only a few open contracts per subject (the 60-hour cap),
-    so they are read as rows, without the encrypted payer account."""
-    rows = list(
-        Contract.objects.filter(
-            student_id=student_id, institution_id=institution_id, subject=subject, state__in=OPEN_STATES
-        ).only(
-            "pk",
-            "number",
-            "state",
-            "service_ends_on",
-            "paid_hours",
-            "gift_hours",
-            "hours_consumed",
-            "hours_pending",
-            "paid_hours_refunded",
-        )
-    )
-    latest = max(rows, key=lambda c: (c.service_ends_on, c.pk), default=None)
-    return sum(c.remaining_hours for c in rows), latest
+    """What the anti-splitting rule looks at, in one prepared statement: the unconsumed hours of the
+    student's open contracts at this institution in this subject (as ``unconsumed_hours``) and the one whose
+    service period ends last (as ``latest_ending``; only its number and end date are loaded)."""
+    row = fetch_one(_OPEN_SUMMARY_SQL, [student_id, institution_id, subject, *OPEN_STATES])
+    if row is None:
+        return 0, None
+    return int(row[_OPEN_LATEST.width]), _OPEN_LATEST.load(row)
 
 
 def held_value(contract: Contract) -> Money:

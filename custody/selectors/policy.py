@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
-from django.db.models import OuterRef, Subquery
+from django.db import connection
 
 from custody.errors import NotFound
-from custody.models import GuidancePrice, Jurisdiction, Policy
+from custody.models import Course, GuidancePrice, Institution, Jurisdiction, Policy, Student
+from custody.selectors._prepared import ModelColumns, fetch_one, row_locks
 
 
 def current_policy(jurisdiction: Jurisdiction) -> Policy:
@@ -25,23 +28,66 @@ def _no_policy(jurisdiction: Jurisdiction) -> NotFound:
     )
 
 
-def current_policy_with_guidance(
-    jurisdiction: Jurisdiction, *, class_size_band: str, mode: str
-) -> tuple[Policy, int | None]:
-    """``current_policy`` and, under it, ``guidance_price_fen`` for one class-size band and mode, in one
-    query (signing a contract needs both)."""
-    guidance = GuidancePrice.objects.filter(
-        policy=OuterRef("pk"), class_size_band=class_size_band, mode=mode
-    ).order_by("pk")
-    policy = (
-        Policy.objects.filter(jurisdiction=jurisdiction)
-        .annotate(guidance_fen=Subquery(guidance.values("price_per_lesson_fen")[:1]))
-        .order_by("-version")
-        .first()
-    )
-    if policy is None:
-        raise _no_policy(jurisdiction)
-    return policy, policy.guidance_fen
+@dataclass(frozen=True)
+class SigningContext:
+    """What signing a contract reads before the rules run: the course with its institution (locked) and
+    jurisdiction, the student's guardian (the student locked), the policy in force and the course's guidance
+    price under it (``None`` if the policy has none for its band and mode)."""
+
+    course: Course
+    guardian_id: int
+    policy: Policy
+    guidance_price_fen: int | None
+
+
+_COURSE = ModelColumns(Course, "c")
+_INSTITUTION = ModelColumns(Institution, "i")
+_JURISDICTION = ModelColumns(Jurisdiction, "j")
+_POLICY = ModelColumns(Policy, "p")
+
+
+def lock_signing_context(*, course_id: int, student_id: int) -> SigningContext:
+    """The signing context in one prepared statement. The institution is share-locked, so it cannot be frozen
+    or closed (those take it FOR UPDATE) until the signing commits, while signings at one institution still
+    run side by side; the student is locked, so two signings for one student are serialised and the
+    anti-splitting sum cannot be raced.
+
+    Raises ``Course.DoesNotExist``, ``Student.DoesNotExist`` or ``NotFound`` (no policy)."""
+    row = fetch_one(_signing_context_sql(connection.vendor), [student_id, course_id])
+    if row is None:
+        if not Course.objects.filter(pk=course_id).exists():
+            raise Course.DoesNotExist(f"no course {course_id}")
+        raise Student.DoesNotExist(f"no student {student_id}")
+    course = _COURSE.load(row)
+    at = _COURSE.width
+    course.institution = institution = _INSTITUTION.load(row, at)
+    at += _INSTITUTION.width
+    institution.jurisdiction = _JURISDICTION.load(row, at)
+    at += _JURISDICTION.width
+    guardian_id, policy_id = row[at], row[at + 1]
+    if policy_id is None:
+        raise _no_policy(institution.jurisdiction)
+    policy = _POLICY.load(row, at + 1)
+    return SigningContext(course, guardian_id, policy, row[at + 1 + _POLICY.width])
+
+
+@cache
+def _signing_context_sql(vendor: str) -> str:
+    return f"""
+SELECT {_COURSE.sql}, {_INSTITUTION.sql}, {_JURISDICTION.sql}, s.guardian_id, {_POLICY.sql},
+       (SELECT g.price_per_lesson_fen FROM custody_guidanceprice g
+        WHERE g.policy_id = p.id AND g.class_size_band = c.class_size_band AND g.mode = c.mode
+        ORDER BY g.id LIMIT 1)
+FROM custody_course c
+JOIN custody_institution i ON i.id = c.institution_id
+JOIN custody_jurisdiction j ON j.id = i.jurisdiction_id
+JOIN custody_student s ON s.id = %s
+LEFT JOIN custody_policy p ON p.id = (
+    SELECT p2.id FROM custody_policy p2 WHERE p2.jurisdiction_id = j.id ORDER BY p2.version DESC LIMIT 1
+)
+WHERE c.id = %s
+{row_locks(share="i", update="s")}
+"""
 
 
 def policy_at(jurisdiction: Jurisdiction, moment: datetime) -> Policy:

@@ -1,7 +1,8 @@
 """Contracts (培训合同): signing under every rule of the policy in force, and the contract state machine.
 
-``sign_contract`` gathers what the rules need under locks (the institution, then the student, so two
-signings for one student are serialised and the anti-splitting sum cannot be raced), calls
+``sign_contract`` gathers what the rules need under locks (the institution share-locked, so it is not frozen
+or closed meanwhile; the student locked, so two signings for one student are serialised and the
+anti-splitting sum cannot be raced), in one prepared statement (``lock_signing_context``), calls
 ``custody.rules.check_signing``, writes the contract pinned to the policy version, and opens its two ledger
 accounts: ``prepaid:c{pk}`` (liability: paid, not yet earned or refunded) and ``refund_payable:c{pk}``
 (liability: approved refunds awaiting the bank). ``transition_contract`` changes one contract's state
@@ -18,14 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date, datetime
 
-from django.db import transaction
+from django.db import connection, transaction
 from moneyed import Money
 
 from custody import rules
 from custody.errors import IllegalTransition, RuleViolation
 from custody.models import Contract, ContractState, Course, Student, TrainingCategory
 from custody.selectors import contracts as contract_selectors
-from custody.selectors.policy import current_policy_with_guidance
+from custody.selectors._prepared import fetch_all, insert_row
+from custody.selectors.policy import lock_signing_context
 from custody.services._bulk import reserve_ids
 from custody.services.calendar import local_date
 from ledger import clock
@@ -75,29 +77,19 @@ def sign_contract(
     amount_fen = to_minor(amount)
     now = clock.now()
     with transaction.atomic():
-        # The course, its institution (locked) and the jurisdiction, in one read.
-        course = (
-            Course.objects.select_related("institution__jurisdiction")
-            .select_for_update(of=("institution",))
-            .get(pk=course.pk)
-        )
-        institution = course.institution
-        # Locked for the anti-splitting sum; its personal data (encrypted) is not needed here.
-        locked_student = Student.objects.select_for_update().only("pk", "guardian_id").get(pk=student.pk)
-        policy, guidance = current_policy_with_guidance(
-            institution.jurisdiction, class_size_band=course.class_size_band, mode=course.mode
-        )
+        context = lock_signing_context(course_id=course.pk, student_id=student.pk)
+        course, institution = context.course, context.course.institution
         renewed = Contract.objects.get(pk=renews.pk) if renews is not None else None
         open_hours, open_latest = contract_selectors.open_contracts_summary(
-            student_id=locked_student.pk, institution_id=institution.pk, subject=course.subject
+            student_id=student.pk, institution_id=institution.pk, subject=course.subject
         )
         today = local_date(now)
         rules.check_signing(
             rules.SigningRequest(
-                policy=policy,
+                policy=context.policy,
                 institution=institution,
                 course=course,
-                student=locked_student,
+                student=student,
                 today=today,
                 paid_hours=paid_hours,
                 gift_hours=gift_hours,
@@ -105,7 +97,9 @@ def sign_contract(
                 service_starts_on=service_starts_on,
                 service_ends_on=service_ends_on,
                 renews=renewed,
-                guidance_price_fen=guidance if course.category == TrainingCategory.SUBJECT else None,
+                guidance_price_fen=(
+                    context.guidance_price_fen if course.category == TrainingCategory.SUBJECT else None
+                ),
                 open_unconsumed_hours=open_hours,
                 open_latest_end=open_latest,
             )
@@ -130,14 +124,14 @@ def sign_contract(
                 ),
             ]
         )
-        contract = Contract.objects.create(
+        contract = Contract(
             id=pk,
             number=number,
             institution=institution,
             course=course,
             student=student,  # the caller's instance, with the personal data it has
-            guardian_id=locked_student.guardian_id,
-            policy=policy,
+            guardian_id=context.guardian_id,
+            policy=context.policy,
             subject=course.subject,
             paid_hours=paid_hours,
             gift_hours=gift_hours,
@@ -150,20 +144,30 @@ def sign_contract(
             prepaid_account=prepaid,
             refund_account=refund,
         )
+        insert_row(contract)
     return contract
 
 
 def activate_paid_contract(*, contract: Contract, paid_at: datetime, payer_account: str) -> None:
     """awaiting_payment → active, for a contract its payment callback holds locked: records who paid and
-    when, in one statement (``transition_contract`` would lock and read the row again). ``contract`` is
-    updated in place."""
+    when, in one prepared statement (``transition_contract`` would lock and read the row again). ``contract``
+    is updated in place."""
     target = ContractState.ACTIVE
     if target not in CONTRACT_TRANSITIONS[contract.state]:
         raise IllegalTransition("contract", contract.state, target)
-    changed = Contract.objects.filter(pk=contract.pk, state=contract.state).update(
-        state=target, paid_at=paid_at, payer_account=payer_account
+    fields = Contract._meta
+    changed = fetch_all(
+        "UPDATE custody_contract SET state = %s, paid_at = %s, payer_account = %s "
+        "WHERE id = %s AND state = %s RETURNING id",
+        [
+            target.value,
+            fields.get_field("paid_at").get_db_prep_save(paid_at, connection),
+            fields.get_field("payer_account").get_db_prep_save(payer_account, connection),
+            contract.pk,
+            contract.state,
+        ],
     )
-    if changed != 1:
+    if len(changed) != 1:
         raise RuntimeError(f"contract {contract.number} changed state while locked")
     contract.state, contract.paid_at, contract.payer_account = target, paid_at, payer_account
 

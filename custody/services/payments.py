@@ -26,10 +26,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from django.db import transaction
-from django.db.models import Subquery
+from django.db import connection, transaction
 from moneyed import Money
 
 from custody.channels import CallbackRejected, PaymentNotice, get_verifier
@@ -44,9 +44,9 @@ from custody.models import (
     Payment,
     SupervisionMode,
 )
+from custody.selectors._prepared import ModelColumns, fetch_one, insert_row, row_locks
 from custody.services.contracts import activate_paid_contract
 from ledger import clock
-from ledger.errors import AccountNotFound
 from ledger.models import Account, AccountType
 from ledger.money import from_minor
 from ledger.services import NewEntry, credit, debit, open_account, post_batch
@@ -107,24 +107,10 @@ def _accept(
     if len(notice.transaction_id) > TRANSACTION_ID_MAX:
         raise _rejected("transaction_id_too_long", "交易号过长", "the transaction id is too long")
     with transaction.atomic():
-        # The contract (locked), what its payment moves, and whether this transaction was recorded before:
-        # one read on the happy path.
-        contract = (
-            Contract.objects.select_for_update(of=("self",))
-            .select_related("institution__cash_account", "prepaid_account")
-            .annotate(
-                recorded_payment=Subquery(
-                    Payment.objects.filter(
-                        channel=notice.channel, transaction_id=notice.transaction_id
-                    ).values("pk")[:1]
-                )
-            )
-            .filter(number=notice.order_reference)
-            .first()
-        )
+        contract, recorded_payment, clearing = _lock_contract_for_payment(notice)
         existing: Payment | None = None
-        if contract is not None and contract.recorded_payment is not None:
-            existing = Payment.objects.get(pk=contract.recorded_payment)
+        if contract is not None and recorded_payment is not None:
+            existing = Payment.objects.get(pk=recorded_payment)
         elif contract is None or contract.state != ContractState.AWAITING_PAYMENT:
             # Read apart: the subquery saw the snapshot taken before the lock was granted, so a payment that
             # the lock's previous holder committed (paying this contract) is only visible to a new statement.
@@ -142,17 +128,63 @@ def _accept(
         if contract is None:
             raise _rejected("unknown_order", "找不到该订单对应的合同", "no contract has this order reference")
         _check_acceptable(notice, contract)
-        payment = _record(notice, contract, now=now)
-        CallbackLog.objects.create(
-            channel=notice.channel,
-            received_at=now,
-            outcome=CallbackOutcome.ACCEPTED,
-            transaction_id=notice.transaction_id,
-            body_sha256=hashlib.sha256(body).hexdigest(),
-            body_size=len(body),
-            source_ip=source_ip,
+        payment = _record(notice, contract, clearing, now=now)
+        insert_row(
+            CallbackLog(
+                channel=notice.channel,
+                received_at=now,
+                outcome=CallbackOutcome.ACCEPTED,
+                transaction_id=notice.transaction_id,
+                body_sha256=hashlib.sha256(body).hexdigest(),
+                body_size=len(body),
+                source_ip=source_ip,
+            )
         )
     return payment, False
+
+
+_CONTRACT = ModelColumns(Contract, "c")
+_INSTITUTION = ModelColumns(Institution, "i")
+_CASH = ModelColumns(Account, "cash")
+_PREPAID = ModelColumns(Account, "prepaid")
+_CLEARING = ModelColumns(Account, "clearing")
+
+
+@cache
+def _lock_contract_sql(vendor: str) -> str:
+    return f"""
+SELECT {_CONTRACT.sql}, {_INSTITUTION.sql}, {_CASH.sql}, {_PREPAID.sql}, {_CLEARING.sql},
+       (SELECT p.id FROM custody_payment p WHERE p.channel = %s AND p.transaction_id = %s)
+FROM custody_contract c
+JOIN custody_institution i ON i.id = c.institution_id
+LEFT JOIN ledger_account cash ON cash.id = i.cash_account_id
+LEFT JOIN ledger_account prepaid ON prepaid.id = c.prepaid_account_id
+LEFT JOIN ledger_account clearing ON clearing.code = %s
+WHERE c.number = %s
+{row_locks(update="c")}
+"""
+
+
+def _lock_contract_for_payment(notice: PaymentNotice) -> tuple[Contract | None, int | None, Account | None]:
+    """The contract the notice pays (locked), with its institution, custody and prepaid accounts; the
+    payment already recorded for this transaction, if any; and the channel's clearing account (``None``
+    before the channel's first payment). One prepared statement: the happy path's only read."""
+    row = fetch_one(
+        _lock_contract_sql(connection.vendor),
+        [notice.channel, notice.transaction_id, f"clearing:{notice.channel}", notice.order_reference],
+    )
+    if row is None:
+        return None, None, None
+    contract = _CONTRACT.load(row)
+    at = _CONTRACT.width
+    contract.institution = institution = _INSTITUTION.load(row, at)
+    at += _INSTITUTION.width
+    institution.cash_account = _CASH.load(row, at) if row[at] is not None else None
+    at += _CASH.width
+    contract.prepaid_account = _PREPAID.load(row, at) if row[at] is not None else None
+    at += _PREPAID.width
+    clearing = _CLEARING.load(row, at) if row[at] is not None else None
+    return contract, row[at + _CLEARING.width], clearing
 
 
 def _same_payment(payment: Payment, notice: PaymentNotice, contract: Contract) -> bool:
@@ -203,11 +235,12 @@ def _check_acceptable(notice: PaymentNotice, contract: Contract) -> None:
         )
 
 
-def _record(notice: PaymentNotice, contract: Contract, *, now: datetime) -> Payment:
+def _record(notice: PaymentNotice, contract: Contract, clearing: Account | None, *, now: datetime) -> Payment:
     if contract.prepaid_account is None:
         raise RuntimeError(f"contract {contract.number} has no prepaid account")
     amount = from_minor(notice.amount_fen, "CNY")
-    clearing = f"clearing:{notice.channel}"
+    if clearing is None:
+        clearing = clearing_account(notice.channel)  # the channel's first payment opens its clearing account
     entries = [
         NewEntry(
             idempotency_key=payment_key(notice.channel, notice.transaction_id),
@@ -236,15 +269,8 @@ def _record(notice: PaymentNotice, contract: Contract, *, now: datetime) -> Paym
             )
         )
     # Inside _accept's block, which any ledger error fails as a whole: no savepoint of the ledger's own.
-    # (AccountNotFound comes before any write, so the retry below is not affected.)
-    try:
-        posted = post_batch(entries=entries, savepoint=False).entries
-    except AccountNotFound as missing:
-        if missing.details.get("code") != clearing:
-            raise
-        clearing_account(notice.channel)  # the channel's first payment opens its clearing account
-        posted = post_batch(entries=entries, savepoint=False).entries
-    payment = Payment.objects.create(
+    posted = post_batch(entries=entries, savepoint=False).entries
+    payment = Payment(
         contract=contract,
         channel=notice.channel,
         transaction_id=notice.transaction_id,
@@ -258,6 +284,7 @@ def _record(notice: PaymentNotice, contract: Contract, *, now: datetime) -> Paym
         settlement_entry=posted[1] if settled else None,
         settled_at=now if settled else None,
     )
+    insert_row(payment)
     activate_paid_contract(contract=contract, paid_at=notice.paid_at, payer_account=notice.payer_account)
     return payment
 

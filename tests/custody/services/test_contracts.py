@@ -546,3 +546,57 @@ def test_concurrent_signings_for_one_student_cannot_split_past_the_cap(
     assert sorted(outcomes) == sorted(["signed", rules.ANTI_SPLITTING_HOURS])
     assert Contract.objects.filter(student=student).count() == 1
     assert connection.vendor == "postgresql"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_signing_share_locks_its_institution_so_signings_run_side_by_side_and_a_freeze_waits(
+    course: Course, student: Student, make_student: Callable[..., Student]
+) -> None:
+    """While one signing holds its transaction open, another student's signing at the same institution
+    gets its locks at once, and freezing the institution cannot take the row until the first commits."""
+    from django.db import OperationalError, transaction
+
+    from custody.selectors.policy import lock_signing_context
+
+    other = make_student()
+    holding, release = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def first_signing() -> None:
+        try:
+            with transaction.atomic():
+                seen["first"] = lock_signing_context(course_id=course.pk, student_id=student.pk).course.pk
+                holding.set()
+                release.wait(timeout=30)
+        finally:
+            connections.close_all()
+
+    def second_signing_and_freeze() -> None:
+        try:
+            holding.wait(timeout=30)
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL lock_timeout = '2s'")
+                seen["second"] = lock_signing_context(course_id=course.pk, student_id=other.pk).course.pk
+            try:
+                with transaction.atomic():
+                    with connection.cursor() as cursor:
+                        cursor.execute("SET LOCAL lock_timeout = '300ms'")
+                    freeze_institution(institution=course.institution, reason="风险 risk")
+                seen["freeze"] = "frozen"
+            except OperationalError as error:
+                seen["freeze"] = "lock timeout" if "lock timeout" in str(error) else str(error)
+        finally:
+            release.set()
+            connections.close_all()
+
+    threads = [threading.Thread(target=first_signing), threading.Thread(target=second_signing_and_freeze)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == {"first": course.pk, "second": course.pk, "freeze": "lock timeout"}
+    freeze_institution(institution=course.institution, reason="风险 risk")  # free once the signing ended
+    course.institution.refresh_from_db()
+    assert course.institution.state == "frozen"
