@@ -33,3 +33,37 @@ def test_a_connection_killed_between_requests_is_replaced(run: Callable[[str], A
     connection.health_check_done = False  # as Django sets it when a request starts
 
     assert run(f"SELECT pg_backend_pid() <> {int(dead_pid)}") == (True,)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_generic_plans_last_for_the_transaction_and_a_large_batch_gets_its_own() -> None:
+    from django.db import transaction
+
+    from ledger import backends
+    from ledger.money import cny
+    from ledger.services import NewEntry, credit, debit, open_account, post_batch
+
+    def mode() -> str:
+        return str(execute_prepared("SELECT current_setting('plan_cache_mode')", [])[0][0])
+
+    cash = open_account(code="test:generic:cash", type="asset")
+    wallet = open_account(code="test:generic:wallet", type="liability")
+    with pytest.raises(RuntimeError, match="needs a transaction"):
+        backends.use_generic_plans()
+    with transaction.atomic():
+        backends.use_generic_plans()
+        assert mode() == "force_generic_plan"
+        small = [
+            NewEntry(f"generic:{n}", "t", [debit(cash, cny("1.00")), credit(wallet, cny("1.00"))])
+            for n in range(2)
+        ]
+        assert post_batch(entries=small).created == 2
+        assert mode() == "force_generic_plan"
+        large = [
+            NewEntry(f"generic:large:{n}", "t", [debit(cash, cny("0.01")), credit(wallet, cny("0.01"))])
+            for n in range(backends._JIT_OFF_FROM_ENTRIES)
+        ]
+        assert post_batch(entries=large).created == backends._JIT_OFF_FROM_ENTRIES
+        assert mode() == "auto"
+    assert mode() == "auto"  # SET LOCAL ended with the transaction

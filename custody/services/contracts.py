@@ -31,6 +31,7 @@ from custody.selectors.policy import lock_signing_context
 from custody.services._bulk import reserve_ids
 from custody.services.calendar import local_date
 from ledger import clock
+from ledger.backends import use_generic_plans
 from ledger.models import AccountType
 from ledger.money import to_minor
 from ledger.services import NewAccount, open_new_accounts
@@ -77,6 +78,7 @@ def sign_contract(
     amount_fen = to_minor(amount)
     now = clock.now()
     with transaction.atomic():
+        use_generic_plans()
         context = lock_signing_context(course_id=course.pk, student_id=student.pk)
         course, institution = context.course, context.course.institution
         renewed = Contract.objects.get(pk=renews.pk) if renews is not None else None

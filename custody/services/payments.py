@@ -47,6 +47,7 @@ from custody.models import (
 from custody.selectors._prepared import ModelColumns, fetch_one, insert_row, row_locks
 from custody.services.contracts import activate_paid_contract
 from ledger import clock
+from ledger.backends import use_generic_plans
 from ledger.models import Account, AccountType
 from ledger.money import from_minor
 from ledger.services import NewEntry, credit, debit, open_account, post_batch
@@ -107,6 +108,7 @@ def _accept(
     if len(notice.transaction_id) > TRANSACTION_ID_MAX:
         raise _rejected("transaction_id_too_long", "交易号过长", "the transaction id is too long")
     with transaction.atomic():
+        use_generic_plans()
         contract, recorded_payment, clearing = _lock_contract_for_payment(notice)
         existing: Payment | None = None
         if contract is not None and recorded_payment is not None:
