@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,8 +61,10 @@ p_in AS (
         WITH ORDINALITY AS t(idx, account_id, amount, ord)
 ),
 locked AS (
+    -- The accounts the caller names: those of the postings, or for the first chunk of a pipelined batch every
+    -- account of the batch (later chunks then name none; their rows are locked already).
     SELECT a.id FROM ledger_account a
-    WHERE a.id IN (SELECT DISTINCT account_id FROM p_in)
+    WHERE a.id = ANY(%(lock)b::bigint[])
     ORDER BY a.id
     FOR NO KEY UPDATE
 ),
@@ -171,6 +173,7 @@ SELECT id, posted_at, effective_at FROM ins_e
 # Past this many entries a statement's estimated cost crosses jit_above_cost, and compiling it (about a
 # second for a 10,000-entry batch) would cost more than running it.
 _JIT_OFF_FROM_ENTRIES = 100
+_LARGE_BATCH_SETUP = ["SET LOCAL jit = off", "SET LOCAL plan_cache_mode = auto"]
 
 
 def post_entries(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
@@ -295,6 +298,71 @@ def _post_transfer_postgres(spec: EntrySpec) -> dict[str, WrittenEntry]:
 
 
 def _post_entries_postgres(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
+    params = _entries_params(specs, lock=sorted({a for s in specs for a, _ in s.legs}))
+    # SET LOCAL needs a transaction; callers post batches inside one (a single entry may run in autocommit).
+    # A large batch gets a plan sized for its arrays even after a caller's use_generic_plans().
+    setup = _LARGE_BATCH_SETUP if len(specs) >= _JIT_OFF_FROM_ENTRIES and connection.in_atomic_block else []
+    ((posted_at, ids, keys),) = execute_prepared(_POSTGRES_POST_ENTRIES, params, setup)
+    return _written_entries(specs, posted_at, ids, keys)
+
+
+# A pipelined batch is written this many entries at a time: small enough that the database starts early and
+# Python's share of the last chunk (which nothing overlaps) is short, large enough that the per-statement
+# costs (planning, re-reading the accounts, the triggers' set-up) stay small.
+PIPELINE_CHUNK = 1_000
+
+
+def post_entries_pipelined(
+    specs: Iterable[EntrySpec], *, account_ids: Iterable[int]
+) -> dict[str, WrittenEntry]:
+    """PostgreSQL, inside a transaction: write a large batch as one statement per chunk of ``PIPELINE_CHUNK``
+    specs, sent in pipeline mode, so the database writes a chunk while the caller builds the next (``specs``
+    may be a generator that validates as it goes; an error it raises aborts the transaction like any other).
+
+    ``account_ids`` must include every account the specs post to: the first statement locks them all, in id
+    order, so the batch still takes its locks in the one global order before it changes anything."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError("post_entries_pipelined writes several statements; call it inside a transaction")
+    conn = connection.connection
+    lock = sorted(set(account_ids))
+    sent: list[tuple[psycopg.Cursor[Any], list[EntrySpec]]] = []
+    try:
+        with conn.pipeline():
+            for statement in _LARGE_BATCH_SETUP:
+                conn.execute(statement)
+            chunk: list[EntrySpec] = []
+            for spec in specs:
+                chunk.append(spec)
+                if len(chunk) == PIPELINE_CHUNK:
+                    sent.append(_send_chunk(conn, chunk, lock))
+                    lock, chunk = [], []
+            if chunk:
+                sent.append(_send_chunk(conn, chunk, lock))
+        written: dict[str, WrittenEntry] = {}
+        for cursor, sent_chunk in sent:
+            ((posted_at, ids, keys),) = cursor.fetchall()
+            written.update(_written_entries(sent_chunk, posted_at, ids, keys))
+        return written
+    except psycopg.Error as error:
+        with connection.wrap_database_errors:
+            raise error
+    finally:
+        for cursor, _ in sent:
+            cursor.close()
+
+
+def _send_chunk(
+    conn: psycopg.Connection[Any], chunk: list[EntrySpec], lock: list[int]
+) -> tuple[psycopg.Cursor[Any], list[EntrySpec]]:
+    # A cursor per statement: in a pipeline each keeps its own result until it is read.
+    cursor = psycopg.Cursor(conn)
+    cursor.execute(_POSTGRES_POST_ENTRIES, _entries_params(chunk, lock=lock), prepare=True)
+    return cursor, chunk
+
+
+def _entries_params(specs: Sequence[EntrySpec], *, lock: list[int]) -> dict[str, Any]:
     p_entry: list[int] = []
     p_account: list[int] = []
     p_amount: list[int] = []
@@ -303,7 +371,7 @@ def _post_entries_postgres(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry
             p_entry.append(index)
             p_account.append(account_id)
             p_amount.append(amount)
-    params = {
+    return {
         "keys": [s.idempotency_key for s in specs],
         "hashes": [s.request_hash for s in specs],
         "kinds": [s.kind for s in specs],
@@ -314,16 +382,14 @@ def _post_entries_postgres(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry
         "p_entry": p_entry,
         "p_account": p_account,
         "p_amount": p_amount,
+        "lock": lock,
     }
-    # SET LOCAL needs a transaction; callers post batches inside one (a single entry may run in autocommit).
-    # A large batch gets a plan sized for its arrays even after a caller's use_generic_plans().
-    setup = (
-        ["SET LOCAL jit = off", "SET LOCAL plan_cache_mode = auto"]
-        if len(specs) >= _JIT_OFF_FROM_ENTRIES and connection.in_atomic_block
-        else []
-    )
-    ((posted_at, ids, keys),) = execute_prepared(_POSTGRES_POST_ENTRIES, params, setup)
-    if not ids:
+
+
+def _written_entries(
+    specs: Sequence[EntrySpec], posted_at: datetime, ids: list[int] | None, keys: list[str] | None
+) -> dict[str, WrittenEntry]:
+    if not ids or not keys:
         return {}
     effective = {s.idempotency_key: s.effective_at for s in specs}
     written = {}

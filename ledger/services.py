@@ -17,7 +17,7 @@ import contextlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -237,6 +237,20 @@ def post_batch(
     if not savepoint and on_error != "rollback":
         raise ValueError("savepoint=False needs on_error='rollback': skip mode isolates errors in savepoints")
     accounts = _resolve_accounts((leg.account for new in entries for leg in new.legs), strict=False)
+    if (
+        on_error == "rollback"
+        and connection.vendor == "postgresql"
+        and len(entries) > backends.PIPELINE_CHUNK
+    ):
+        # Built as they are written: the database writes one chunk while the next is validated.
+        lazy_specs = (_entry_spec(new, accounts) for new in entries)
+        return _write_specs(
+            lazy_specs,
+            [],
+            on_error,
+            savepoint=savepoint,
+            pipelined_accounts=[a.pk for a in accounts.values()],
+        )
     specs: list[EntrySpec | None] = []
     failures: list[BatchFailure] = []
     for index, new in enumerate(entries):
@@ -347,47 +361,67 @@ def _entry_spec(new: NewEntry, accounts: Mapping[str, Account]) -> EntrySpec:
 
 
 def _write_specs(
-    specs: Sequence[EntrySpec | None],
+    specs: Iterable[EntrySpec | None],
     failures: list[BatchFailure],
     on_error: Literal["rollback", "skip"],
     *,
     savepoint: bool = True,
+    pipelined_accounts: Sequence[int] | None = None,
 ) -> BatchResult:
     """Write the specs, replay the known keys, and in skip mode isolate entries that break a limit.
 
     Rollback mode takes no savepoint of its own around the statement: the block below (a savepoint inside a
     caller's transaction) already undoes everything on any error, and a refused statement is explained once
-    that block has rolled back and the connection is usable again."""
-    valid = [(i, s) for i, s in enumerate(specs) if s is not None]
+    that block has rolled back and the connection is usable again.
+
+    ``pipelined_accounts`` (rollback mode, PostgreSQL): write in pipelined chunks, consuming ``specs`` as they
+    are sent; it names every account the specs may post to (see ``backends.post_entries_pipelined``)."""
+    all_specs: list[EntrySpec | None] = []
     # A key repeated inside one batch: the same content is one entry, other content is a conflict.
     first_hash: dict[str, str] = {}
     unique: list[tuple[int, EntrySpec]] = []
-    for index, spec in valid:
-        known = first_hash.get(spec.idempotency_key)
-        if known is None:
-            first_hash[spec.idempotency_key] = spec.request_hash
-            unique.append((index, spec))
-        elif known != spec.request_hash:
-            error = IdempotencyConflict(
-                f"idempotency key {spec.idempotency_key} used twice in one batch with different content",
-                key=spec.idempotency_key,
-            )
-            if on_error == "rollback":
-                raise error
-            failures.append(BatchFailure(index, spec.idempotency_key, error))
+
+    def unique_specs() -> Iterator[EntrySpec]:
+        for index, spec in enumerate(specs):
+            all_specs.append(spec)
+            if spec is None:
+                continue
+            known = first_hash.get(spec.idempotency_key)
+            if known is None:
+                first_hash[spec.idempotency_key] = spec.request_hash
+                unique.append((index, spec))
+                yield spec
+            elif known != spec.request_hash:
+                error = IdempotencyConflict(
+                    f"idempotency key {spec.idempotency_key} used twice in one batch with different content",
+                    key=spec.idempotency_key,
+                )
+                if on_error == "rollback":
+                    raise error
+                failures.append(BatchFailure(index, spec.idempotency_key, error))
 
     written: dict[str, backends.WrittenEntry] = {}
+    pipelined = pipelined_accounts is not None
+    specs_to_write = [] if pipelined else list(unique_specs())
     # One entry outside any transaction: its single statement is atomic on its own (autocommit), and if its
     # key exists nothing was written, so the replay check needs no transaction either. One round trip in all.
-    autocommit = connection.vendor == "postgresql" and len(unique) == 1 and not connection.in_atomic_block
-    specs_to_write = [s for _, s in unique]
+    autocommit = (
+        not pipelined
+        and connection.vendor == "postgresql"
+        and len(unique) == 1
+        and not connection.in_atomic_block
+    )
     try:
         with (
             contextlib.nullcontext()
             if autocommit
             else transaction.atomic(savepoint=savepoint or on_error != "rollback")
         ):
-            if on_error == "rollback":
+            if pipelined:
+                written = backends.post_entries_pipelined(
+                    unique_specs(), account_ids=pipelined_accounts or ()
+                )
+            elif on_error == "rollback":
                 written = backends.post_entries(specs_to_write)
             else:
                 _write_isolating(
@@ -410,12 +444,12 @@ def _write_specs(
     except IntegrityError as error:
         if on_error != "rollback":
             raise
-        raise _explain_integrity_error(error, specs_to_write) from None
+        raise _explain_integrity_error(error, [s for _, s in unique]) from None
 
     failed = {f.index for f in failures}
     kept: list[EntrySpec] = []
     seen: set[str] = set()
-    for index, maybe_spec in enumerate(specs):
+    for index, maybe_spec in enumerate(all_specs):
         if maybe_spec is None or index in failed or maybe_spec.idempotency_key in seen:
             continue
         seen.add(maybe_spec.idempotency_key)
