@@ -29,7 +29,7 @@ from moneyed import Money
 
 from ledger import backends, clock
 from ledger.backends import EntrySpec
-from ledger.canonical import request_hash, timestamp
+from ledger.canonical import entry_request_hash, request_hash, timestamp
 from ledger.errors import (
     AccountConflict,
     AccountNotFound,
@@ -314,25 +314,27 @@ def _entry_spec(new: NewEntry, accounts: Mapping[str, Account]) -> EntrySpec:
     if len(new.legs) < 2:
         raise InvalidEntry(f"an entry needs at least 2 postings, got {len(new.legs)}")
     by_account: dict[int, int] = {}
-    per_currency: dict[str, int] = defaultdict(int)
+    per_currency: dict[str, int] = {}
     for leg in new.legs:
         code = leg.account.code if isinstance(leg.account, Account) else leg.account
-        if code not in accounts:
+        account = accounts.get(code)
+        if account is None:
             raise AccountNotFound(f"no account {code}", code=code)
-        account = accounts[code]
         minor = to_minor(leg.amount)
         if minor <= 0:
             raise InvalidAmount(f"posting amounts must be positive, got {leg.amount}", account=account.code)
-        if leg.amount.currency.code != account.currency:
+        currency = account.currency
+        if leg.amount.currency.code != currency:
             raise CurrencyMismatch(
-                f"account {account.code} is in {account.currency}, not {leg.amount.currency.code}",
+                f"account {account.code} is in {currency}, not {leg.amount.currency.code}",
                 account=account.code,
             )
-        if account.pk in by_account:
+        pk = account.pk
+        if pk in by_account:
             raise InvalidEntry(f"account {account.code} appears twice in one entry", account=account.code)
         signed = minor if leg.side == "debit" else -minor
-        by_account[account.pk] = signed
-        per_currency[account.currency] += signed
+        by_account[pk] = signed
+        per_currency[currency] = per_currency.get(currency, 0) + signed
     for currency, total in per_currency.items():
         if total != 0:
             raise UnbalancedEntry(
@@ -344,14 +346,8 @@ def _entry_spec(new: NewEntry, accounts: Mapping[str, Account]) -> EntrySpec:
     metadata = dict(new.metadata)
     return EntrySpec(
         idempotency_key=new.idempotency_key,
-        request_hash=request_hash(
-            {
-                "op": "entry",
-                "kind": new.kind,
-                "legs": legs,
-                "effective_at": timestamp(new.effective_at),
-                "metadata": metadata,
-            }
+        request_hash=entry_request_hash(
+            kind=new.kind, legs=legs, effective_at=timestamp(new.effective_at), metadata=metadata
         ),
         kind=new.kind,
         legs=legs,
