@@ -307,9 +307,11 @@ def _post_entries_postgres(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry
     return _written_entries(specs, posted_at, ids, keys)
 
 
-# A pipelined batch is written this many entries at a time. Each chunk updates the accounts it touches again,
-# so smaller chunks overlap more of Python's work but cost the server more: 1,000 added 15 to 60 % to its CPU
-# per transfer in the batch benchmark (1,010 accounts), 2,500 about 10 %.
+# A pipelined batch is written this many entries at a time. Smaller chunks overlap more of Python's work, but
+# each chunk updates the accounts it touches again: in the batch benchmark (1,010 accounts) 1,000-entry chunks
+# raised the server's CPU per transfer by 15 to 60 %, 2,500-entry ones by 5 to 10 % (four 2,500-entry
+# statements ran as fast as one of 10,000 in isolation, 517 ms, so part of that is the two processes
+# sharing the machine's cores).
 PIPELINE_CHUNK = 2_500
 
 

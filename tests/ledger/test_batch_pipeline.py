@@ -100,6 +100,18 @@ def test_the_first_chunk_locks_every_account_of_the_batch_and_later_chunks_none(
     assert locks[1:] == [[], []]
 
 
+def test_chunks_get_plans_sized_for_their_arrays_after_a_callers_generic_plans(accounts: Chart) -> None:
+    with transaction.atomic():
+        backends.use_generic_plans()
+        post_batch(
+            entries=[payment(accounts, "100", key="pay-0")]
+            + [release_entry(accounts, "10", key=f"r-{i}") for i in range(3)]
+        )
+        setting = backends.execute_prepared("SELECT current_setting('plan_cache_mode')", [])[0][0]
+
+    assert setting == "auto"
+
+
 def test_an_invalid_entry_in_a_late_chunk_posts_nothing(
     accounts: Chart, counts: Callable[[], RowCounts], sent: list[tuple[list[str], list[int]]]
 ) -> None:
