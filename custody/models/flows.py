@@ -86,13 +86,16 @@ class Lesson(models.Model):
     (Dr prepaid / Cr payable). ``amount_fen`` is what it releases (0 for gift hours, which have no
     transfer)."""
 
-    # No single-column indexes on the two keys: custody_lesson_contract_state and custody_lesson_inst_state
-    # start with them.
+    # Every confirmation rewrites the row in every index of the table (its state is indexed, so the update is
+    # never HOT), so the table keeps only the indexes something reads. No single-column indexes on the two
+    # keys: custody_lesson_contract_state and custody_lesson_inst_state start with them. The idempotency key
+    # is unique through a constraint, not ``unique=True``, which would add a second (pattern-ops) index
+    # nothing uses.
     contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="lessons", db_index=False)
     institution = models.ForeignKey(
         Institution, on_delete=models.PROTECT, related_name="lessons", db_index=False
     )
-    idempotency_key = models.CharField(max_length=200, unique=True)
+    idempotency_key = models.CharField(max_length=200)
     held_at = models.DateTimeField()
     hours = models.PositiveSmallIntegerField(default=1)
     paid_hours = (
@@ -104,8 +107,14 @@ class Lesson(models.Model):
         "ledger.PendingTransfer", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     recorded_at = models.DateTimeField()
+    # Indexed only where set (custody_lesson_recorded_by): the bulk paths record lessons without a user.
     recorded_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
     )
     confirm_deadline = models.DateTimeField()  # silence counts as confirmed after N working days
     confirmed_at = models.DateTimeField(null=True, blank=True)
@@ -122,8 +131,15 @@ class Lesson(models.Model):
             ),
             models.Index(fields=["contract", "state"], name="custody_lesson_contract_state"),
             models.Index(fields=["institution", "state", "held_at"], name="custody_lesson_inst_state"),
+            # For the foreign key's checks when a user is deleted (an ``=`` lookup implies NOT NULL).
+            models.Index(
+                fields=["recorded_by"],
+                name="custody_lesson_recorded_by",
+                condition=Q(recorded_by__isnull=False),
+            ),
         ]
         constraints = [
+            models.UniqueConstraint(fields=["idempotency_key"], name="custody_lesson_idempotency_key"),
             models.CheckConstraint(condition=Q(hours__gt=0), name="custody_lesson_hours_positive"),
             models.CheckConstraint(condition=Q(amount_fen__gte=0), name="custody_lesson_amount_non_negative"),
             models.CheckConstraint(

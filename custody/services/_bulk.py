@@ -79,32 +79,90 @@ def lock_rows(table: str, ids: Iterable[int]) -> list[int]:
     return found
 
 
-def add_contract_hours(changes: Mapping[int, tuple[int, int, int]]) -> None:
-    """Add (pending, consumed, paid_refunded) hour deltas to contracts, in one statement.
+def add_contract_hours(
+    changes: Mapping[int, tuple[int, int, int]], *, finish_at: datetime | None = None
+) -> None:
+    """Add (pending, consumed, paid_refunded) hour deltas to contracts, in one statement on PostgreSQL.
 
+    With ``finish_at``, an active contract left with nothing to deliver ends at that moment in the same
+    statement: completed once every hour is consumed, refunded once its approved refund has emptied prepaid:c
+    (``_ENDS``). Each contract row is then rewritten once, not once for its hours and again for its state.
     The contract's CHECK constraint (consumed + pending + refunded ≤ bought) is the database's guard.
     """
-    rows = sorted((cid, p, c, r) for cid, (p, c, r) in changes.items() if (p, c, r) != (0, 0, 0))
+    rows = sorted(
+        (cid, p, c, r)
+        for cid, (p, c, r) in changes.items()
+        if finish_at is not None or (p, c, r) != (0, 0, 0)
+    )
     if not rows:
         return
+    if finish_at is not None:
+        from custody.services.contracts import CONTRACT_TRANSITIONS
+
+        # The contract state machine lives in contracts.py; this bulk path may only take its legal edges.
+        for target in _ENDS:
+            if target not in CONTRACT_TRANSITIONS["active"]:
+                raise RuntimeError(f"active → {target} is not a contract transition")
     with connection.cursor() as cursor:
         if is_postgres():
+            # SET expressions read the row as it was: the conditions are on the counters plus the deltas.
+            after = {
+                "pending": "hours_pending + d.pending",
+                "consumed": "hours_consumed + d.consumed",
+                "refunded": "paid_hours_refunded + d.refunded",
+            }
+            assignments = [f"{column} = {after[delta]}" for delta, column in _COUNTERS.items()]
+            params: list[Any] = []
+            if finish_at is not None:
+                ends = {target: condition.format(**after) for target, condition in _ENDS.items()}
+                cases = " ".join(f"WHEN {condition} THEN '{target}'" for target, condition in ends.items())
+                assignments += [
+                    f"state = CASE WHEN state <> 'active' THEN state {cases} ELSE state END",
+                    f"ended_at = CASE WHEN state = 'active' AND ({' OR '.join(ends.values())}) THEN %s "
+                    "ELSE ended_at END",
+                ]
+                params.append(finish_at)
             cursor.execute(
-                "UPDATE custody_contract c SET hours_pending = c.hours_pending + d.pending, "
-                "hours_consumed = c.hours_consumed + d.consumed, "
-                "paid_hours_refunded = c.paid_hours_refunded + d.refunded "
+                f"UPDATE custody_contract SET {', '.join(assignments)} "
                 "FROM unnest(%s::bigint[], %s::int[], %s::int[], %s::int[]) "
                 "AS d(id, pending, consumed, refunded) "
-                "WHERE c.id = d.id",
-                [[r[i] for r in rows] for i in range(4)],
+                "WHERE custody_contract.id = d.id",
+                [*params, *([r[i] for r in rows] for i in range(4))],
             )
-        else:
-            cursor.executemany(
-                "UPDATE custody_contract SET hours_pending = hours_pending + %s, "
-                "hours_consumed = hours_consumed + %s, paid_hours_refunded = paid_hours_refunded + %s "
-                "WHERE id = %s",
-                [(p, c, r, cid) for cid, p, c, r in rows],
+            return
+        cursor.executemany(
+            "UPDATE custody_contract SET hours_pending = hours_pending + %s, "
+            "hours_consumed = hours_consumed + %s, paid_hours_refunded = paid_hours_refunded + %s "
+            "WHERE id = %s",
+            [(p, c, r, cid) for cid, p, c, r in rows],
+        )
+    if finish_at is not None:
+        # SQLite: the counters are updated; end the contracts on them, one statement per end state.
+        ids = [cid for cid, *_ in rows]
+        for target, condition in _ENDS.items():
+            update_states(
+                "custody_contract",
+                ids,
+                from_states=["active"],
+                to_state=target,
+                extra={"ended_at": finish_at},
+                where=condition.format(**_COUNTERS),
             )
+
+
+_COUNTERS = {"pending": "hours_pending", "consumed": "hours_consumed", "refunded": "paid_hours_refunded"}
+
+# When an active contract ends, on its hour counters after the change ({pending}, {consumed}, {refunded}): all
+# hours consumed, it is completed; its approved refund taken (paid hours refunded) with nothing pending and
+# nothing left in prepaid:c, it is refunded (a lesson voided after the refund leaves value: see refunds.py).
+_ENDS = {
+    "completed": "{pending} = 0 AND {consumed} = paid_hours + gift_hours",
+    "refunded": (
+        "{pending} = 0 AND {refunded} > 0 AND EXISTS (SELECT 1 FROM ledger_account a "
+        "WHERE a.id = custody_contract.prepaid_account_id AND a.credits_posted = a.debits_posted "
+        "AND a.debits_pending = 0)"
+    ),
+}
 
 
 def end_contracts(changes: Mapping[int, tuple[int, int, str]], *, now: datetime) -> int:
@@ -224,35 +282,3 @@ def fetch_by_ids(sql: str, ids: Sequence[int], params: Sequence[Any] = ()) -> li
             cursor.execute(sql.format(ids=f"IN ({','.join(['%s'] * len(chunk))})"), [*chunk, *params])
             rows.extend(cursor.fetchall())
     return rows
-
-
-# A contract whose hours are all consumed is completed; one whose refund was approved is refunded once nothing
-# is pending and nothing is left in prepaid:c (a lesson voided after the refund leaves value: see refunds.py).
-_FINISHED = {
-    "completed": "hours_pending = 0 AND hours_consumed = paid_hours + gift_hours",
-    "refunded": (
-        "hours_pending = 0 AND paid_hours_refunded > 0 AND EXISTS (SELECT 1 FROM ledger_account a "
-        "WHERE a.id = custody_contract.prepaid_account_id AND a.credits_posted = a.debits_posted "
-        "AND a.debits_pending = 0)"
-    ),
-}
-
-
-def finish_contracts(contract_ids: Sequence[int], *, now: datetime) -> int:
-    """Move active contracts that have nothing left to deliver to completed or refunded (set-based)."""
-    from custody.services.contracts import CONTRACT_TRANSITIONS
-
-    changed = 0
-    for target, condition in _FINISHED.items():
-        # The contract state machine lives in contracts.py; this bulk path may only take its legal edges.
-        if target not in CONTRACT_TRANSITIONS["active"]:
-            raise RuntimeError(f"active → {target} is not a contract transition")
-        changed += update_states(
-            "custody_contract",
-            contract_ids,
-            from_states=["active"],
-            to_state=target,
-            extra={"ended_at": now},
-            where=condition,
-        )
-    return changed

@@ -50,7 +50,6 @@ from custody.services._bulk import (
     SQLITE_CHUNK,
     add_contract_hours,
     chunked,
-    finish_contracts,
     is_postgres,
     lock_rows,
     reserve_ids,
@@ -519,8 +518,7 @@ def _void(*, lesson: Lesson, note: str, disputed_only: bool) -> Lesson:
         locked.resolved_at = now
         locked.resolution_note = note.strip()[:500]
         locked.save(update_fields=["state", "resolved_at", "resolution_note"])
-        add_contract_hours({locked.contract_id: (-locked.hours, 0, 0)})
-        finish_contracts([locked.contract_id], now=now)
+        add_contract_hours({locked.contract_id: (-locked.hours, 0, 0)}, finish_at=now)
     return locked
 
 
@@ -544,8 +542,7 @@ def _release(*, lesson: Lesson, by: str, note: str, disputed_only: bool = False)
         locked.confirmed_at = now
         locked.confirmed_by = by
         locked.save(update_fields=fields)
-        add_contract_hours({locked.contract_id: (-locked.hours, locked.hours, 0)})
-        finish_contracts([locked.contract_id], now=now)
+        add_contract_hours({locked.contract_id: (-locked.hours, locked.hours, 0)}, finish_at=now)
     return locked
 
 
@@ -619,6 +616,5 @@ def _auto_confirm_batch(moment: datetime, limit: int) -> tuple[int, int]:
         hours: dict[int, int] = defaultdict(int)
         for _, contract_id, lesson_hours, _ in rows:
             hours[contract_id] += lesson_hours
-        add_contract_hours({cid: (-h, h, 0) for cid, h in hours.items()})
-        finish_contracts(sorted(hours), now=moment)
+        add_contract_hours({cid: (-h, h, 0) for cid, h in hours.items()}, finish_at=moment)
         return len(due), len(rows)

@@ -50,7 +50,7 @@ from custody.models import (
 )
 from custody.selectors.refunds import OPEN_STATES, refund_quotes
 from custody.services import calendar
-from custody.services._bulk import add_contract_hours, finish_contracts, lock_rows, reserve_ids, update_states
+from custody.services._bulk import add_contract_hours, lock_rows, reserve_ids, update_states
 from custody.services.payouts import hold_key, reference_for
 from ledger import clock
 from ledger.models import Account
@@ -220,8 +220,7 @@ def _approve(refund: Refund, *, approved_by: str, now: datetime) -> None:
     refund.paid_hours = quote.paid_hours
     refund.payout_due = calendar.local_date(calendar.add_working_days(now, days))
     refund.save(update_fields=fields)
-    add_contract_hours({contract.pk: (0, 0, quote.paid_hours)})
-    finish_contracts([contract.pk], now=now)
+    add_contract_hours({contract.pk: (0, 0, quote.paid_hours)}, finish_at=now)
     refund_id = refund.pk
     transaction.on_commit(lambda: _enqueue_instruction([refund_id]))
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from custody.errors import IllegalTransition, RuleViolation
@@ -19,6 +20,7 @@ from custody.selectors.lessons import (
     paid_hours_taken,
     unconfirmed_count,
 )
+from custody.services._bulk import add_contract_hours
 from custody.services.institutions import freeze_institution, unfreeze_institution
 from custody.services.lessons import (
     NewLesson,
@@ -30,7 +32,7 @@ from custody.services.lessons import (
     resolve_dispute,
 )
 from custody.services.policy import publish_policy
-from custody.services.refunds import claim_refund
+from custody.services.refunds import answer_refund, claim_refund
 from ledger import clock
 from ledger.models import PendingTransfer
 from ledger.money import cny
@@ -310,3 +312,47 @@ def test_the_lesson_selectors_show_what_awaits_the_parent_and_the_institution(
     assert [x.pk for x in due_for_auto_confirmation(now=first.confirm_deadline)] == [first.pk]
     assert paid_hours_taken([paid_contract.pk]) == {paid_contract.pk: 3}
     assert [x.pk for x in lessons_of(paid_contract)] == [first.pk, second.pk, third.pk]
+
+
+def test_auto_confirmation_ends_each_contract_it_finishes_and_no_other(
+    three_hour_contract: Contract, make_contract: ContractFactory, make_student: Callable, pay: Callable
+) -> None:
+    finished = three_hour_contract
+    refunding = pay(make_contract(student=make_student()))
+    going_on = pay(make_contract(student=make_student()))
+    record_lessons(
+        lessons=[lesson(finished, f"E{n}") for n in range(3)]
+        + [lesson(refunding, "E3"), lesson(going_on, "E4")]
+    )
+    answer_refund(refund=claim_refund(contract=refunding, idempotency_key="E-refund"), approve=True)
+    assert Contract.objects.get(pk=refunding.pk).state == ContractState.ACTIVE  # its lesson is still held
+
+    moment = clock.now() + timedelta(days=60)
+    assert auto_confirm_due_lessons(now=moment) == 5
+
+    def ends() -> dict[int, tuple[str, datetime | None]]:
+        return {
+            c.pk: (c.state, c.ended_at)
+            for c in Contract.objects.filter(pk__in=[finished.pk, refunding.pk, going_on.pk])
+        }
+
+    assert ends() == {
+        finished.pk: (ContractState.COMPLETED, moment),
+        refunding.pk: (ContractState.REFUNDED, moment),
+        going_on.pk: (ContractState.ACTIVE, None),
+    }
+    assert posted(prepaid(finished)) == posted(prepaid(refunding)) == 0
+    # A contract that has ended is not ended again.
+    add_contract_hours(
+        {finished.pk: (0, 0, 0), refunding.pk: (0, 0, 0)}, finish_at=moment + timedelta(days=1)
+    )
+    assert ends()[finished.pk] == (ContractState.COMPLETED, moment)
+    assert ends()[refunding.pk] == (ContractState.REFUNDED, moment)
+
+
+def test_the_database_refuses_a_second_lesson_with_the_same_key(paid_contract: Contract) -> None:
+    (held,) = record_lessons(lessons=[lesson(paid_contract, "U1")])
+    copy = Lesson.objects.get(pk=held.pk)
+    copy.pk, copy.pending_transfer, copy.amount_fen = None, None, 0
+    with pytest.raises(IntegrityError, match="idempotency_key"), transaction.atomic():
+        copy.save()
