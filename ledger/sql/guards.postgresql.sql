@@ -1,6 +1,7 @@
 -- The ledger's last line of defence on PostgreSQL. A bug in Python cannot break these.
--- Idempotent: migrations 0002, 0004 and 0007 all run the current version of this file (0004 upgrades databases
--- that 0002 set up with the earlier per-entry deferred trigger; 0007 adds the account check of 3b).
+-- Idempotent: migrations 0002, 0004, 0008 and 0009 all run the current version of this file (0004 upgrades
+-- databases that 0002 set up with the earlier per-entry deferred trigger; 0008 adds the account check of 3b,
+-- 0009 the pending-transfer check of 3c).
 
 -- 1. History is append-only: no UPDATE or DELETE of entries, postings, chain links or checkpoints.
 CREATE OR REPLACE FUNCTION ledger_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -100,16 +101,17 @@ END $$;
 CREATE OR REPLACE TRIGGER ledger_entry_new_balance AFTER INSERT ON ledger_entry
     REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION ledger_new_entries_balance();
 
--- 3. Postings may only be added to an entry that exists and was inserted by the current transaction (or one
---    of its savepoints); a visible entry whose inserting transaction is still in progress can only be ours.
---    So a committed entry never changes, and another transaction's entry cannot be joined in a race either
---    (it is not visible until it commits, and then it is committed).
 -- xmin is a 32-bit xid; widen it to the 64-bit xid nearest the current one (a savepoint's xid is above it).
 -- Inlined by the planner (a single-expression SQL function), so it costs what the expression costs.
 CREATE OR REPLACE FUNCTION ledger_widen_xid(x xid, cur bigint) RETURNS xid8 LANGUAGE sql IMMUTABLE AS $$
     SELECT (cur + (((x::text::bigint - (cur & 4294967295)) % 4294967296 + 6442450944) % 4294967296
                    - 2147483648))::text::xid8
 $$;
+
+-- 3. Postings may only be added to an entry that exists and was inserted by the current transaction (or one
+--    of its savepoints); a visible entry whose inserting transaction is still in progress can only be ours.
+--    So a committed entry never changes, and another transaction's entry cannot be joined in a race either
+--    (it is not visible until it commits, and then it is committed).
 
 CREATE OR REPLACE FUNCTION ledger_new_postings_balance() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
