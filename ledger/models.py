@@ -161,6 +161,8 @@ class Entry(models.Model):
     reverses = models.ForeignKey(
         "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversals", db_index=False
     )
+    # No foreign-key constraint on PostgreSQL (migration 0009): the entry trigger checks, once per statement,
+    # that the hold exists, and holds are never deleted nor change id. SQLite keeps the constraint.
     pending_transfer = models.ForeignKey(
         PendingTransfer,
         on_delete=models.PROTECT,
@@ -168,6 +170,7 @@ class Entry(models.Model):
         blank=True,
         related_name="posting_entries",
         db_index=False,
+        db_constraint=False,
     )
 
     class Meta:

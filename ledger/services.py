@@ -23,7 +23,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal, NamedTuple
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.utils import timezone
 from moneyed import Money
 
@@ -397,16 +397,12 @@ def _write_specs(
                 failures.append(BatchFailure(index, spec.idempotency_key, error))
 
     written: dict[str, backends.WrittenEntry] = {}
+    db = connections[DEFAULT_DB_ALIAS]  # once: each read through the ``connection`` proxy is a look-up
     pipelined = pipelined_accounts is not None
     specs_to_write = [] if pipelined else list(unique_specs())
     # One entry outside any transaction: its single statement is atomic on its own (autocommit), and if its
     # key exists nothing was written, so the replay check needs no transaction either. One round trip in all.
-    autocommit = (
-        not pipelined
-        and connection.vendor == "postgresql"
-        and len(unique) == 1
-        and not connection.in_atomic_block
-    )
+    autocommit = not pipelined and db.vendor == "postgresql" and len(unique) == 1 and not db.in_atomic_block
     try:
         with (
             contextlib.nullcontext()
@@ -450,7 +446,7 @@ def _write_specs(
             continue
         seen.add(maybe_spec.idempotency_key)
         kept.append(maybe_spec)
-    alias = connection.alias
+    alias = db.alias
 
     def build_entries() -> list[Entry]:
         entries: list[Entry] = []

@@ -1,6 +1,7 @@
 -- The ledger's last line of defence on PostgreSQL. A bug in Python cannot break these.
--- Idempotent: migrations 0002, 0004 and 0007 all run the current version of this file (0004 upgrades databases
--- that 0002 set up with the earlier per-entry deferred trigger; 0007 adds the account check of 3b).
+-- Idempotent: migrations 0002, 0004, 0008 and 0009 all run the current version of this file (0004 upgrades
+-- databases that 0002 set up with the earlier per-entry deferred trigger; 0008 adds the account check of 3b,
+-- 0009 the pending-transfer check of 3c).
 
 -- 1. History is append-only: no UPDATE or DELETE of entries, postings, chain links or checkpoints.
 CREATE OR REPLACE FUNCTION ledger_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -72,38 +73,101 @@ DROP TRIGGER IF EXISTS ledger_entry_balanced_at_commit ON ledger_entry_balance_d
 CREATE CONSTRAINT TRIGGER ledger_entry_balanced_at_commit AFTER INSERT ON ledger_entry_balance_due
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_check_balance_due();
 
--- New entries without postings at the end of their statement: their postings must follow, checked at COMMIT.
+-- After each statement that inserts entries: an entry without postings yet is queued (its postings must follow,
+-- checked at COMMIT), and 3c. below. One query for both.
 CREATE OR REPLACE FUNCTION ledger_new_entries_balance() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    without_postings bigint[];
+    missing_hold bigint;
 BEGIN
-    INSERT INTO ledger_entry_balance_due (entry_id)
-    SELECT n.id FROM new_entries n WHERE NOT EXISTS (SELECT 1 FROM ledger_posting p WHERE p.entry_id = n.id);
+    SELECT array_agg(n.id) FILTER (WHERE NOT EXISTS (SELECT 1 FROM ledger_posting p WHERE p.entry_id = n.id)),
+           -- 3c. The hold an entry posts exists: one anti-join per statement instead of a foreign-key check
+           --     per entry at COMMIT (migration 0009). Holds are never deleted and keep their id (4.), so it
+           --     stays true.
+           min(n.pending_transfer_id) FILTER (WHERE n.pending_transfer_id IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM ledger_pendingtransfer t WHERE t.id = n.pending_transfer_id))
+    INTO without_postings, missing_hold
+    FROM new_entries n;
+    IF missing_hold IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger: an entry cannot post pending transfer %, which does not exist', missing_hold
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    IF without_postings IS NOT NULL THEN
+        INSERT INTO ledger_entry_balance_due (entry_id) SELECT unnest(without_postings);
+    END IF;
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE TRIGGER ledger_entry_new_balance AFTER INSERT ON ledger_entry
     REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION ledger_new_entries_balance();
 
+-- xmin is a 32-bit xid; widen it to the 64-bit xid nearest the current one (a savepoint's xid is above it).
+-- Inlined by the planner (a single-expression SQL function), so it costs what the expression costs.
+CREATE OR REPLACE FUNCTION ledger_widen_xid(x xid, cur bigint) RETURNS xid8 LANGUAGE sql IMMUTABLE AS $$
+    SELECT (cur + (((x::text::bigint - (cur & 4294967295)) % 4294967296 + 6442450944) % 4294967296
+                   - 2147483648))::text::xid8
+$$;
+
 -- 3. Postings may only be added to an entry that exists and was inserted by the current transaction (or one
 --    of its savepoints); a visible entry whose inserting transaction is still in progress can only be ours.
 --    So a committed entry never changes, and another transaction's entry cannot be joined in a race either
 --    (it is not visible until it commits, and then it is committed).
+
 CREATE OR REPLACE FUNCTION ledger_new_postings_balance() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     cur bigint := pg_current_xact_id()::text::bigint;
+    s record;
     touched bigint;
-    lo bigint;
-    hi bigint;
     unbalanced bigint[];
     owned bigint := 0;
     owner record;
     missing bigint;
 BEGIN
+    -- One query for what every statement needs: the entries' id range, whether the postings are all in one
+    -- currency and their sum, the first entry's inserting (sub)transaction (NULL if it does not exist), and
+    -- 3b. below. Each query a trigger runs costs tens of microseconds to start, more than a two-posting
+    -- statement's work, so the common case (a transfer: one entry, one currency) needs no other query.
+    SELECT count(*) AS n, min(p.entry_id) AS lo, max(p.entry_id) AS hi,
+           min(p.currency) = max(p.currency) AS one_currency, sum(p.amount) AS total,
+           (SELECT e.xmin FROM ledger_entry e WHERE e.id = min(p.entry_id)) AS lo_xmin,
+           -- 3b. Each posting's account exists: one anti-join per statement instead of a foreign-key check
+           --     per posting at COMMIT (migration 0008). Accounts are never deleted and keep their id (5.), so
+           --     it stays true.
+           min(p.account_id) FILTER (WHERE NOT EXISTS (SELECT 1 FROM ledger_account a WHERE a.id = p.account_id))
+               AS missing_account
+    INTO s
+    FROM new_postings p;
+    IF s.n = 0 THEN
+        RETURN NULL;  -- e.g. a transfer replayed: its key existed, so nothing was inserted
+    END IF;
+    IF s.missing_account IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger: a posting cannot be on account %, which does not exist', s.missing_account
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+
+    IF s.lo = s.hi AND s.one_currency THEN
+        -- One entry, one currency: its set is balanced iff it has >= 2 postings summing to zero (2.), and its
+        -- one inserting (sub)transaction must be ours (3.).
+        IF s.lo_xmin IS NULL THEN
+            RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which does not exist (insert the entry first)',
+                s.lo USING ERRCODE = 'integrity_constraint_violation';
+        END IF;
+        IF pg_xact_status(ledger_widen_xid(s.lo_xmin, cur)) IS DISTINCT FROM 'in progress' THEN
+            RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which is already committed',
+                s.lo USING ERRCODE = 'integrity_constraint_violation';
+        END IF;
+        IF s.n < 2 OR s.total <> 0 THEN
+            INSERT INTO ledger_entry_balance_due (entry_id) VALUES (s.lo);
+        END IF;
+        RETURN NULL;
+    END IF;
+
     -- 2. (see above): the statement's postings of each entry must be >= 2 and sum to zero per currency, or
     --    the entry is checked again at COMMIT. This statement's postings alone are enough: every earlier set
     --    of postings of the entry (earlier statements of this transaction) was balanced or queued too, and
     --    balanced sets add up to a balanced entry.
-    SELECT count(*), min(entry_id), max(entry_id), array_agg(entry_id) FILTER (WHERE short_or_unbalanced)
-    INTO touched, lo, hi, unbalanced
+    SELECT count(*), array_agg(entry_id) FILTER (WHERE short_or_unbalanced)
+    INTO touched, unbalanced
     FROM (
         SELECT entry_id, sum(n) < 2 OR bool_or(total <> 0) AS short_or_unbalanced
         FROM (SELECT entry_id, count(*) AS n, sum(amount) AS total FROM new_postings GROUP BY entry_id, currency) g
@@ -117,13 +181,11 @@ BEGIN
     FOR owner IN
         SELECT e.xmin AS xid, count(*) AS n, min(e.id) AS entry_id
         FROM ledger_entry e
-        WHERE e.id BETWEEN lo AND hi AND e.id IN (SELECT entry_id FROM new_postings)
+        WHERE e.id BETWEEN s.lo AND s.hi AND e.id IN (SELECT entry_id FROM new_postings)
         GROUP BY e.xmin
     LOOP
         owned := owned + owner.n;
-        -- xmin is a 32-bit xid; widen it to the 64-bit xid nearest ours (a savepoint's xid is above ours).
-        IF pg_xact_status((cur + (((owner.xid::text::bigint - (cur & 4294967295)) % 4294967296 + 6442450944)
-                                 % 4294967296 - 2147483648))::text::xid8) IS DISTINCT FROM 'in progress' THEN
+        IF pg_xact_status(ledger_widen_xid(owner.xid, cur)) IS DISTINCT FROM 'in progress' THEN
             RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which is already committed',
                 owner.entry_id USING ERRCODE = 'integrity_constraint_violation';
         END IF;
@@ -133,14 +195,6 @@ BEGIN
             WHERE NOT EXISTS (SELECT 1 FROM ledger_entry e WHERE e.id = n.entry_id);
         RAISE EXCEPTION 'ledger: postings cannot be added to entry %, which does not exist (insert the entry first)',
             missing USING ERRCODE = 'integrity_constraint_violation';
-    END IF;
-    -- 3b. Each posting's account exists: one anti-join per statement instead of a foreign-key check per posting
-    --     at COMMIT (migration 0008). Accounts are never deleted and keep their id (5.), so it stays true.
-    SELECT min(n.account_id) INTO missing FROM new_postings n
-        WHERE NOT EXISTS (SELECT 1 FROM ledger_account a WHERE a.id = n.account_id);
-    IF missing IS NOT NULL THEN
-        RAISE EXCEPTION 'ledger: a posting cannot be on account %, which does not exist', missing
-            USING ERRCODE = 'foreign_key_violation';
     END IF;
     RETURN NULL;
 END $$;

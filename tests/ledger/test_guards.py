@@ -10,6 +10,7 @@ tests for that part.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -500,3 +501,143 @@ def test_postgres_a_posting_on_an_account_that_does_not_exist_is_refused(account
         insert_postings(cursor, entry_id, [(accounts.cash, 500), (ghost, -500)])
 
     assert not Entry.objects.filter(idempotency_key="raw-ghost").exists()
+
+
+# --- an entry's pending transfer exists (both databases) ------------------------------------------------
+
+
+def insert_entry_posting_hold(cursor: CursorWrapper, key: str, hold_id: int, entry_id: int) -> None:
+    now = db_time(timezone.now())
+    cursor.execute(
+        "INSERT INTO ledger_entry (id, idempotency_key, request_hash, kind, posted_at, effective_at, "
+        "metadata, pending_transfer_id) VALUES (%s, %s, 'x', 'raw', %s, %s, '{}', %s)",
+        [entry_id, key, now, now, hold_id],
+    )
+
+
+def unused_id(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT coalesce(max(id), 0) + 1000 FROM {table}")  # noqa: S608 (a fixed name)
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+@pytest.mark.parametrize("hold", ["exists", "missing"])
+def test_postgres_an_entry_can_only_post_a_pending_transfer_that_exists(
+    accounts: Chart, resolved_holds: dict[str, PendingTransfer], hold: str
+) -> None:
+    """Checked by the entry trigger at the INSERT (migration 0009 dropped the foreign key and its check per
+    entry at COMMIT); the hold that exists is the control."""
+    hold_id = resolved_holds["pending"].pk if hold == "exists" else unused_id("ledger_pendingtransfer")
+    entry_id = unused_id("ledger_entry")
+    inserted = False
+
+    with (
+        pytest.raises(IntegrityError, match=f"pending transfer {hold_id}, which does not exist")
+        if hold == "missing"
+        else contextlib.nullcontext(),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        insert_entry_posting_hold(cursor, "raw-hold", hold_id, entry_id)
+        inserted = True
+        insert_postings(cursor, entry_id, [(accounts.cash, 500), (accounts.prepaid, -500)])
+
+    assert inserted == (hold == "exists")
+    assert Entry.objects.filter(idempotency_key="raw-hold").exists() == (hold == "exists")
+
+
+@only_sqlite
+@pytest.mark.django_db
+def test_sqlite_an_entry_posting_a_pending_transfer_that_does_not_exist_breaks_a_foreign_key(
+    accounts: Chart,
+) -> None:
+    """SQLite keeps the entry→hold foreign key (deferred: checked at COMMIT, here by
+    ``check_constraints``)."""
+    hold_id = unused_id("ledger_pendingtransfer")
+
+    with pytest.raises(IntegrityError, match="ledger_entry"), transaction.atomic():
+        with connection.cursor() as cursor:
+            insert_postings(cursor, 9001, [(accounts.cash, 500), (accounts.prepaid, -500)])
+            insert_entry_posting_hold(cursor, "raw-hold", hold_id, 9001)
+        connection.check_constraints(table_names=["ledger_entry"])
+
+    assert not Entry.objects.filter(pk=9001).exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgres_an_entry_refers_to_its_hold_through_the_trigger_not_a_foreign_key() -> None:
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, "ledger_entry")
+    foreign_keys = {tuple(c["columns"]) for c in constraints.values() if c["foreign_key"]}
+
+    assert foreign_keys == {("reverses_id",)}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [("new", None), ("committed", "already committed"), ("missing", "does not exist")],
+)
+def test_postgres_one_statement_adding_postings_to_two_entries_is_checked_for_each(
+    accounts: Chart, pay_in: Callable[..., Entry], other: str, message: str | None
+) -> None:
+    """A statement that touches several entries takes the trigger's general path (one entry in one currency
+    has a shorter one); each entry must still be the transaction's own."""
+    committed = pay_in("100", key="pay-1")
+    bank = open_account(code="clearing:bank", type="asset")
+    with contextlib.ExitStack() as stack:
+        if message is not None:
+            stack.enter_context(pytest.raises(IntegrityError, match=message))
+        with transaction.atomic(), connection.cursor() as cursor:
+            first = insert_entry_row(cursor, "raw-first")
+            if other == "new":
+                second = insert_entry_row(cursor, "raw-second")
+            elif other == "committed":
+                second = committed.pk
+            else:
+                second = unused_id("ledger_entry")
+            now = timezone.now()
+            cursor.execute(
+                "INSERT INTO ledger_posting (entry_id, account_id, amount, currency, posted_at, "
+                "debits_after, credits_after) VALUES (%s, %s, 5, 'CNY', %s, 5, 0), "
+                "(%s, %s, -5, 'CNY', %s, 0, 5), (%s, %s, 7, 'CNY', %s, 7, 0), (%s, %s, -7, 'CNY', %s, 0, 7)",
+                [first, bank.pk, now, first, accounts.payable.pk, now]
+                + [second, bank.pk, now, second, accounts.payable.pk, now],
+            )
+
+    assert Entry.objects.filter(idempotency_key="raw-first").exists() == (other == "new")
+    assert Posting.objects.filter(entry_id=committed.pk).count() == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("usd", [2, 3])
+def test_postgres_an_entry_in_two_currencies_must_balance_in_each(accounts: Chart, usd: int) -> None:
+    """One entry and its postings in one statement, as the ledger writes them, but in two currencies (USD
+    +usd/-2): the trigger's general path, which sums each currency. Balanced, it queues nothing for COMMIT."""
+    usd_cash = open_account(code="usd:cash", type="asset", currency="USD")
+    usd_payable = open_account(code="usd:payable", type="liability", currency="USD")
+    queued: list[int] = []
+    with contextlib.ExitStack() as stack:
+        if usd != 2:
+            stack.enter_context(pytest.raises(IntegrityError, match="postings in USD sum to 1"))
+        with transaction.atomic(), connection.cursor() as cursor:
+            now = timezone.now()
+            cursor.execute(
+                "WITH e AS (INSERT INTO ledger_entry (idempotency_key, request_hash, kind, posted_at, "
+                "effective_at, metadata) VALUES ('raw-fx', 'x', 'raw', %s, %s, '{}') RETURNING id) "
+                "INSERT INTO ledger_posting (entry_id, account_id, amount, currency, posted_at, "
+                "debits_after, credits_after) SELECT e.id, l.account, l.amount, l.currency, %s, 0, 0 FROM e, "
+                "(VALUES (%s, 5, 'CNY'), (%s, -5, 'CNY'), (%s, %s, 'USD'), (%s, -2, 'USD')) "
+                "AS l(account, amount, currency)",
+                [now, now, now, accounts.cash.pk, accounts.payable.pk, usd_cash.pk, usd, usd_payable.pk],
+            )
+            cursor.execute("SELECT count(*) FROM ledger_entry_balance_due")
+            queued.append(cursor.fetchone()[0])
+
+    assert queued == [0 if usd == 2 else 1]
+    assert Entry.objects.filter(idempotency_key="raw-fx").exists() == (usd == 2)

@@ -30,7 +30,7 @@ from typing import IO
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 
 from custody.models import (
@@ -210,7 +210,17 @@ def progress(closure_id: int) -> tuple[str, int]:
 
 def check_partial_state(expected: dict[int, int], active: set[int], closure_id: int) -> int:
     """Every contract active when the closure began is either untouched or completely refunded, whatever the
-    moment of the kill. Returns how many are done."""
+    moment of the kill. Returns how many are done.
+
+    Read in one snapshot: a killed child's server backend can still be finishing a COMMIT it had received,
+    and that commit must not land between two of these reads (it would look half done)."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return _check_partial_state(expected, active, closure_id)
+
+
+def _check_partial_state(expected: dict[int, int], active: set[int], closure_id: int) -> int:
     closure_refunds = {
         row["contract_id"]: row
         for row in Refund.objects.filter(reason=RefundReason.CLOSURE)
