@@ -242,7 +242,11 @@ class UnsealedEntry(models.Model):
     Sealing asynchronously keeps writers from serialising on the chain head (as Formance and Blnk do).
     """
 
-    entry = models.OneToOneField(Entry, on_delete=models.PROTECT, primary_key=True, related_name="+")
+    # On PostgreSQL a statement trigger checks that the entry exists (guards.postgresql.sql, 3d) instead of
+    # a foreign key; SQLite keeps the key (migration 0010).
+    entry = models.OneToOneField(
+        Entry, on_delete=models.PROTECT, primary_key=True, related_name="+", db_constraint=False
+    )
 
     def __str__(self) -> str:
         return f"unsealed entry {self.entry_id}"

@@ -1,7 +1,7 @@
 -- The ledger's last line of defence on PostgreSQL. A bug in Python cannot break these.
--- Idempotent: migrations 0002, 0004, 0008 and 0009 all run the current version of this file (0004 upgrades
--- databases that 0002 set up with the earlier per-entry deferred trigger; 0008 adds the account check of 3b,
--- 0009 the pending-transfer check of 3c).
+-- Idempotent: migrations 0002, 0004, 0008, 0009 and 0010 all run the current version of this file (0004
+-- upgrades databases that 0002 set up with the earlier per-entry deferred trigger; 0008 adds the account
+-- check of 3b, 0009 the pending-transfer check of 3c, 0010 the seal queue's check of 3d).
 
 -- 1. History is append-only: no UPDATE or DELETE of entries, postings, chain links or checkpoints.
 CREATE OR REPLACE FUNCTION ledger_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -201,6 +201,25 @@ END $$;
 
 CREATE OR REPLACE TRIGGER ledger_posting_new_balance AFTER INSERT ON ledger_posting
     REFERENCING NEW TABLE AS new_postings FOR EACH STATEMENT EXECUTE FUNCTION ledger_new_postings_balance();
+
+-- 3d. The seal queue (ledger_unsealedentry) names only entries that exist: one anti-join per statement instead
+--     of a foreign-key check (and a row lock on the entry) per queued entry at COMMIT (migration 0010). Entries
+--     are never deleted and keep their id (1.), so it stays true.
+CREATE OR REPLACE FUNCTION ledger_queued_entries_exist() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    missing bigint;
+BEGIN
+    SELECT min(q.entry_id) INTO missing FROM new_queued q
+        WHERE NOT EXISTS (SELECT 1 FROM ledger_entry e WHERE e.id = q.entry_id);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger: entry %, queued for sealing, does not exist', missing
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER ledger_unsealedentry_entry_exists AFTER INSERT ON ledger_unsealedentry
+    REFERENCING NEW TABLE AS new_queued FOR EACH STATEMENT EXECUTE FUNCTION ledger_queued_entries_exist();
 
 -- 4. A pending transfer changes once, from pending to posted, voided or expired, and is never deleted.
 CREATE OR REPLACE FUNCTION ledger_pending_transition() RETURNS trigger LANGUAGE plpgsql AS $$

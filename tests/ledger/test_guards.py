@@ -641,3 +641,41 @@ def test_postgres_an_entry_in_two_currencies_must_balance_in_each(accounts: Char
 
     assert queued == [0 if usd == 2 else 1]
     assert Entry.objects.filter(idempotency_key="raw-fx").exists() == (usd == 2)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("entry", ["exists", "missing"])
+def test_the_seal_queue_names_only_entries_that_exist(accounts: Chart, entry: str) -> None:
+    """PostgreSQL: the statement trigger of migration 0010 refuses at the INSERT; SQLite: the foreign key
+    it keeps (checked here by ``check_constraints``). The queued entry that exists is the control."""
+    from ledger.services import transfer
+
+    posted = transfer(
+        idempotency_key="queue-control",
+        kind="t",
+        debit_account=accounts.cash,
+        credit_account=accounts.prepaid,
+        amount=cny("5.00"),
+    )
+    queued = posted.pk if entry == "exists" else unused_id("ledger_entry")
+
+    with (
+        pytest.raises(IntegrityError, match=r"ledger_unsealedentry|queued for sealing, does not exist")
+        if entry == "missing"
+        else contextlib.nullcontext(),
+        transaction.atomic(),
+    ):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DELETE FROM ledger_unsealedentry WHERE entry_id = %s", [posted.pk]
+            )  # as seal() does
+            cursor.execute("INSERT INTO ledger_unsealedentry (entry_id) VALUES (%s)", [queued])
+        connection.check_constraints(table_names=["ledger_unsealedentry"])
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgres_the_seal_queue_refers_to_entries_through_the_trigger_not_a_foreign_key() -> None:
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, "ledger_unsealedentry")
+    assert not [c for c in constraints.values() if c["foreign_key"]]
