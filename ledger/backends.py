@@ -202,7 +202,8 @@ def use_generic_plans() -> None:
     if connection.vendor == "postgresql":
         if not connection.in_atomic_block:
             raise RuntimeError("use_generic_plans() needs a transaction: SET LOCAL lasts until it ends")
-        with connection.cursor() as cursor:
+        connection.ensure_connection()
+        with psycopg.Cursor(connection.connection) as cursor:  # no Django wrapper: see execute_prepared
             cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
 
 

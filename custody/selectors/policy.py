@@ -30,14 +30,17 @@ def _no_policy(jurisdiction: Jurisdiction) -> NotFound:
 
 @dataclass(frozen=True)
 class SigningContext:
-    """What signing a contract reads before the rules run: the course with its institution (locked) and
+    """What signing a contract reads before the rules run: the course with its institution (share-locked) and
     jurisdiction, the student's guardian (the student locked), the policy in force and the course's guidance
-    price under it (``None`` if the policy has none for its band and mode)."""
+    price under it (``None`` if the policy has none for its band and mode). On PostgreSQL the same statement
+    draws the new contract's id from its sequence (``new_contract_id``; ``None`` elsewhere): a refused signing
+    leaves a gap, as any rolled-back insert does."""
 
     course: Course
     guardian_id: int
     policy: Policy
     guidance_price_fen: int | None
+    new_contract_id: int | None
 
 
 _COURSE = ModelColumns(Course, "c")
@@ -68,7 +71,8 @@ def lock_signing_context(*, course_id: int, student_id: int) -> SigningContext:
     if policy_id is None:
         raise _no_policy(institution.jurisdiction)
     policy = _POLICY.load(row, at + 1)
-    return SigningContext(course, guardian_id, policy, row[at + 1 + _POLICY.width])
+    at += 1 + _POLICY.width
+    return SigningContext(course, guardian_id, policy, row[at], row[at + 1])
 
 
 @cache
@@ -77,7 +81,8 @@ def _signing_context_sql(vendor: str) -> str:
 SELECT {_COURSE.sql}, {_INSTITUTION.sql}, {_JURISDICTION.sql}, s.guardian_id, {_POLICY.sql},
        (SELECT g.price_per_lesson_fen FROM custody_guidanceprice g
         WHERE g.policy_id = p.id AND g.class_size_band = c.class_size_band AND g.mode = c.mode
-        ORDER BY g.id LIMIT 1)
+        ORDER BY g.id LIMIT 1),
+       {"nextval(pg_get_serial_sequence('custody_contract', 'id'))" if vendor == "postgresql" else "NULL"}
 FROM custody_course c
 JOIN custody_institution i ON i.id = c.institution_id
 JOIN custody_jurisdiction j ON j.id = i.jurisdiction_id

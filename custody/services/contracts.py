@@ -106,9 +106,9 @@ def sign_contract(
                 open_latest_end=open_latest,
             )
         )
-        # The key is drawn first, so the number and both accounts are known when the row is inserted: three
-        # statements instead of an insert, two look-ups-then-inserts and an update.
-        (pk,) = reserve_ids(Contract, 1)
+        # The key is drawn first (on PostgreSQL by the context's statement), so the number and both accounts
+        # are known when the row is inserted: no look-ups-then-inserts, no update after.
+        pk = context.new_contract_id or reserve_ids(Contract, 1)[0]
         number = contract_number(today, pk)
         prepaid, refund = open_new_accounts(
             accounts=[
