@@ -11,8 +11,10 @@ defaults to postgres://postgres@127.0.0.1:5432/custody_bench. Each area's benchm
 ...) run in a child process on a database of its own, named after it (custody_bench_ledger, ...), so that one
 area's data set never meets another's jobs. The database is created if missing and migrated before the first
 benchmark. results.json is a flat object
-{"key": {"value": ..., "unit": ..., "target": ..., "conditions": ...}}; keys not re-run keep their previous
-results. A benchmark's conditions may carry a one-line "summary", which the Markdown table shows.
+{"key": {"value": ..., "unit": ..., "target": ..., "conditions": ..., "machine_reference": ...}}; keys not
+re-run keep their previous results. ``machine_reference`` is how long two fixed workloads (pure Python, a
+CPU-bound PostgreSQL query) took at the start of the run: the machine's speed that day. A benchmark's
+conditions may carry a one-line "summary", which the Markdown table shows.
 """
 
 from __future__ import annotations
@@ -95,6 +97,36 @@ def prepare_database(*, fresh: bool = False) -> None:
     # Every app to its latest migration, as production runs: migrating only the measured app stopped its
     # dependencies (the ledger) at the migration it depends on, an older schema than production's.
     call_command("migrate", verbosity=0, interactive=False)
+
+
+def machine_reference() -> dict[str, float]:
+    """How fast this machine is right now, by two fixed workloads (median of five): pure Python, and a
+    CPU-bound PostgreSQL query. Shared machines vary from day to day by a factor of two; a figure is
+    comparable with another day's only next to these."""
+    import statistics
+
+    from django.db import connection
+
+    def python_work() -> None:
+        total = 0
+        for n in range(1_000_000):
+            total += n * n % 7
+        json.dumps([{"n": n, "s": str(n)} for n in range(20_000)], sort_keys=True)
+
+    def database_work() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT sum(i % 7) FROM generate_series(1, 2000000) AS i")
+            cursor.fetchone()
+
+    def median_ms(work: Any) -> float:
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            work()
+            samples.append(time.perf_counter() - started)
+        return round(1000 * statistics.median(samples), 1)
+
+    return {"python_ms": median_ms(python_work), "postgresql_ms": median_ms(database_work)}
 
 
 def merge_results(path: Path, new: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -207,13 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     from bench.registry import TARGETS
 
     prepare_database(fresh=args.fresh)
+    reference = machine_reference()
+    print(f"bench: machine reference (fixed workloads, ms): {reference}", flush=True)
     new: dict[str, dict[str, Any]] = {}
     for key in keys:
         print(f"bench: running {key} ...", flush=True)
         started = time.perf_counter()
         value, unit, conditions = registry[key]()
         print(f"bench: {key} done in {time.perf_counter() - started:.1f} s", flush=True)
-        new[key] = {"value": value, "unit": unit, "target": TARGETS.get(key, ""), "conditions": conditions}
+        new[key] = {
+            "value": value,
+            "unit": unit,
+            "target": TARGETS.get(key, ""),
+            "conditions": conditions,
+            "machine_reference": reference,
+        }
         # Merge after each benchmark so a failure later keeps what was measured.
         merge_results(args.results, {key: new[key]})
     print()
