@@ -912,7 +912,10 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
             credits[p.credit_account_id] += p.amount
         _add_to_pending_totals(debits, credits, sign=-1)
         _mark_resolved(
-            [(p.id, _RESOLVED_STATE[r.action], posted, r.idempotency_key or None) for p, r, posted in to_apply],
+            [
+                (p.id, _RESOLVED_STATE[r.action], posted, r.idempotency_key or None)
+                for p, r, posted in to_apply
+            ],
             at=now,
         )
         specs = [
@@ -978,7 +981,7 @@ FOR NO KEY UPDATE
 """
 
 _POSTGRES_LOCK_HOLDS = f"""
-SELECT {', '.join(_Hold._fields)} FROM ledger_pendingtransfer
+SELECT {", ".join(_Hold._fields)} FROM ledger_pendingtransfer
 WHERE id = ANY(%(ids)b::bigint[])
 ORDER BY id
 FOR UPDATE

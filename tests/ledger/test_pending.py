@@ -526,7 +526,8 @@ def test_resolve_pending_batch_resolves_a_large_mixed_batch(funded: Chart) -> No
     size = backends._JIT_OFF_FROM_ENTRIES + 20
     holds = create_pending_batch(
         transfers=[
-            NewPending(f"lesson-{i}", "lesson", funded.prepaid, funded.payable, cny("0.50")) for i in range(size)
+            NewPending(f"lesson-{i}", "lesson", funded.prepaid, funded.payable, cny("0.50"))
+            for i in range(size)
         ]
     )
     resolutions = []
