@@ -232,6 +232,14 @@ def execute_prepared(
             raise error
 
 
+def large_batch_setup(rows: int) -> Sequence[str]:
+    """The ``setup`` for ``execute_prepared`` of a statement over arrays of ``rows`` elements: from
+    ``_JIT_OFF_FROM_ENTRIES`` on, inside a transaction, no JIT and plans sized for the arrays (even after a
+    caller's ``use_generic_plans()``), as ``post_entries`` runs a large batch. Both last until the transaction
+    ends, so a statement needs it only when it is the first large one of its transaction."""
+    return _LARGE_BATCH_SETUP if rows >= _JIT_OFF_FROM_ENTRIES and connection.in_atomic_block else []
+
+
 _POSTGRES_INSERT_ACCOUNTS = """
 INSERT INTO ledger_account (code, name, type, currency, debits_must_not_exceed_credits,
                             credits_must_not_exceed_debits, debits_posted, credits_posted, debits_pending,

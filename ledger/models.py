@@ -103,8 +103,14 @@ class PendingTransfer(models.Model):
     idempotency_key = models.CharField(max_length=200)
     request_hash = models.CharField(max_length=64)
     kind = models.CharField(max_length=64)
-    debit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="pending_debits")
-    credit_account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="pending_credits")
+    # No index on either account (migration 0010): nothing reads holds by account, and each index would be
+    # rewritten when a hold is resolved. Accounts are never deleted, so the foreign keys need none either.
+    debit_account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="pending_debits", db_index=False
+    )
+    credit_account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="pending_credits", db_index=False
+    )
     amount = models.BigIntegerField()
     currency = models.CharField(max_length=3)
     state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)

@@ -909,9 +909,10 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
         _add_to_pending_totals(debits, credits, sign=-1)
         _mark_resolved(
             [
-                (p.id, _RESOLVED_STATE[r.action], posted, r.idempotency_key or None, now)
+                (p.id, _RESOLVED_STATE[r.action], posted, r.idempotency_key or None)
                 for p, r, posted in to_apply
-            ]
+            ],
+            at=now,
         )
         specs = [
             EntrySpec(
@@ -953,21 +954,11 @@ class _Hold(NamedTuple):
 
 def _lock_holds(ids: Sequence[int]) -> dict[int, _Hold]:
     """Lock the holds' accounts (id order, as every writer does), then the holds, and read them as values.
-    On PostgreSQL two statements whatever the count (arrays, not lists of parameters)."""
+    On PostgreSQL two prepared statements whatever the count, their ids sent as binary arrays."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT id FROM ledger_account WHERE id IN ("
-                "SELECT unnest(ARRAY[debit_account_id, credit_account_id]) FROM ledger_pendingtransfer "
-                "WHERE id = ANY(%s)) ORDER BY id FOR NO KEY UPDATE",
-                [list(ids)],
-            )
-            cursor.execute(
-                f"SELECT {', '.join(_Hold._fields)} FROM ledger_pendingtransfer WHERE id = ANY(%s) "
-                "ORDER BY id FOR UPDATE",
-                [list(ids)],
-            )
-            return {row[0]: _Hold(*row) for row in cursor.fetchall()}
+        params = {"ids": list(ids)}
+        backends.execute_prepared(_POSTGRES_LOCK_HOLD_ACCOUNTS, params, backends.large_batch_setup(len(ids)))
+        return {row[0]: _Hold(*row) for row in backends.execute_prepared(_POSTGRES_LOCK_HOLDS, params)}
     # SQLite: one writer at a time (BEGIN IMMEDIATE), no row locks to take.
     holds: dict[int, _Hold] = {}
     for start in range(0, len(ids), 500):
@@ -975,6 +966,22 @@ def _lock_holds(ids: Sequence[int]) -> dict[int, _Hold]:
         for row in PendingTransfer.objects.filter(pk__in=chunk).values_list(*_Hold._fields):
             holds[row[0]] = _Hold(*row)
     return holds
+
+
+_POSTGRES_LOCK_HOLD_ACCOUNTS = """
+SELECT id FROM ledger_account
+WHERE id IN (SELECT unnest(ARRAY[debit_account_id, credit_account_id]) FROM ledger_pendingtransfer
+             WHERE id = ANY(%(ids)b::bigint[]))
+ORDER BY id
+FOR NO KEY UPDATE
+"""
+
+_POSTGRES_LOCK_HOLDS = f"""
+SELECT {", ".join(_Hold._fields)} FROM ledger_pendingtransfer
+WHERE id = ANY(%(ids)b::bigint[])
+ORDER BY id
+FOR UPDATE
+"""
 
 
 def _metadata(value: str | dict[str, Any]) -> dict[str, Any]:
@@ -995,27 +1002,43 @@ def _add_to_pending_totals(debits: Mapping[int, int], credits: Mapping[int, int]
     changes = sorted(
         {(a, sign * debits.get(a, 0), sign * credits.get(a, 0)) for a in debits.keys() | credits.keys()}
     )
+    if connection.vendor == "postgresql":
+        backends.execute_prepared(
+            _POSTGRES_ADD_TO_PENDING_TOTALS,
+            {
+                "ids": [c[0] for c in changes],
+                "debits": [c[1] for c in changes],
+                "credits": [c[2] for c in changes],
+            },
+        )
+        return
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "UPDATE ledger_account a SET debits_pending = a.debits_pending + c.dr, "
-                "credits_pending = a.credits_pending + c.cr "
-                "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS c(id, dr, cr) WHERE a.id = c.id",
-                [[c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes]],
-            )
-        else:
-            cursor.executemany(
-                "UPDATE ledger_account SET debits_pending = debits_pending + %s, "
-                "credits_pending = credits_pending + %s WHERE id = %s",
-                [(dr, cr, a) for a, dr, cr in changes],
-            )
+        cursor.executemany(
+            "UPDATE ledger_account SET debits_pending = debits_pending + %s, "
+            "credits_pending = credits_pending + %s WHERE id = %s",
+            [(dr, cr, a) for a, dr, cr in changes],
+        )
 
 
-def _mark_resolved(rows: Sequence[tuple[int, str, int | None, str | None, datetime]]) -> None:
-    """Mark the holds resolved. A resolution key that already resolved another hold breaks the unique index
-    on resolution_key: that is ``IdempotencyConflict`` (and the caller's transaction rolls back)."""
+# The UPDATEs below are counted in a CTE: a prepared statement's rows are what execute_prepared returns.
+_POSTGRES_ADD_TO_PENDING_TOTALS = """
+WITH changed AS (
+    UPDATE ledger_account a
+    SET debits_pending = a.debits_pending + c.dr, credits_pending = a.credits_pending + c.cr
+    FROM unnest(%(ids)b::bigint[], %(debits)b::bigint[], %(credits)b::bigint[]) AS c(id, dr, cr)
+    WHERE a.id = c.id
+    RETURNING 1
+)
+SELECT count(*) FROM changed
+"""
+
+
+def _mark_resolved(rows: Sequence[tuple[int, str, int | None, str | None]], *, at: datetime) -> None:
+    """Mark the holds resolved at ``at``. A resolution key that already resolved another hold breaks the
+    unique index on resolution_key: that is ``IdempotencyConflict`` (and the caller's transaction rolls
+    back)."""
     try:
-        _update_resolved(rows)
+        _update_resolved(rows, at=at)
     except IntegrityError as error:
         if "resolution_key" not in str(error):
             raise
@@ -1026,24 +1049,42 @@ def _mark_resolved(rows: Sequence[tuple[int, str, int | None, str | None, dateti
         ) from None
 
 
-def _update_resolved(rows: Sequence[tuple[int, str, int | None, str | None, datetime]]) -> None:
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "UPDATE ledger_pendingtransfer p SET state = r.state, posted_amount = r.posted, "
-                "resolution_key = r.key, resolved_at = r.at "
-                "FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[]) "
-                "AS r(id, state, posted, key, at) WHERE p.id = r.id AND p.state = 'pending'",
-                [[r[i] for r in rows] for i in range(5)],
-            )
-        else:
+def _update_resolved(rows: Sequence[tuple[int, str, int | None, str | None]], *, at: datetime) -> None:
+    if connection.vendor == "postgresql":
+        ((changed,),) = backends.execute_prepared(
+            _POSTGRES_MARK_RESOLVED,
+            {
+                "ids": [r[0] for r in rows],
+                "states": [r[1] for r in rows],
+                "posted": [r[2] for r in rows],
+                "keys": [r[3] for r in rows],
+                "at": at,
+            },
+        )
+    else:
+        with connection.cursor() as cursor:
             cursor.executemany(
                 "UPDATE ledger_pendingtransfer SET state = %s, posted_amount = %s, resolution_key = %s, "
                 "resolved_at = %s WHERE id = %s AND state = 'pending'",
                 [
-                    (s, posted, key, connection.ops.adapt_datetimefield_value(at), pk)
-                    for pk, s, posted, key, at in rows
+                    (state, posted, key, connection.ops.adapt_datetimefield_value(at), pk)
+                    for pk, state, posted, key in rows
                 ],
             )
-        if cursor.rowcount not in (-1, len(rows)) and connection.vendor == "postgresql":
-            raise PendingTransferError("a pending transfer changed state during the batch")
+            changed = cursor.rowcount
+    # The holds are locked and were read pending, so every row changes; the check is a last guard.
+    if changed != len(rows):
+        raise PendingTransferError("a pending transfer changed state during the batch")
+
+
+_POSTGRES_MARK_RESOLVED = """
+WITH changed AS (
+    UPDATE ledger_pendingtransfer p
+    SET state = r.state, posted_amount = r.posted, resolution_key = r.key, resolved_at = %(at)s
+    FROM unnest(%(ids)b::bigint[], %(states)b::text[], %(posted)b::bigint[], %(keys)b::text[])
+        AS r(id, state, posted, key)
+    WHERE p.id = r.id AND p.state = 'pending'
+    RETURNING 1
+)
+SELECT count(*) FROM changed
+"""

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
 from moneyed import Money
 
-from ledger import clock
+from ledger import backends, clock, services
 from ledger.errors import (
     CurrencyMismatch,
     IdempotencyConflict,
@@ -517,6 +518,92 @@ def test_resolve_pending_batch_refuses_a_transfer_twice_or_an_unknown_one(funded
     assert raised.value.details == {"transfer_id": a.pk + 1000}
     assert PendingTransfer.objects.get(pk=a.pk).state == "pending"
     assert resolve_pending_batch(resolutions=[]) == 0
+
+
+def test_resolve_pending_batch_resolves_a_large_mixed_batch(funded: Chart) -> None:
+    """Past the large-batch threshold: posts (in full and in part), voids and expiries (no key, no posted
+    amount) in one call, and on PostgreSQL the batch's statements leave generic plans behind."""
+    size = backends._JIT_OFF_FROM_ENTRIES + 20
+    holds = create_pending_batch(
+        transfers=[
+            NewPending(f"lesson-{i}", "lesson", funded.prepaid, funded.payable, cny("0.50"))
+            for i in range(size)
+        ]
+    )
+    resolutions = []
+    for i, p in enumerate(holds):
+        if i % 4 == 0:
+            resolutions.append(Resolution(p.pk, "post", f"confirm-{i}"))
+        elif i % 4 == 1:
+            resolutions.append(Resolution(p.pk, "post", f"confirm-{i}", amount=cny("0.20")))
+        elif i % 4 == 2:
+            resolutions.append(Resolution(p.pk, "void", f"void-{i}"))
+        else:
+            resolutions.append(Resolution(p.pk, "expire", ""))
+
+    with transaction.atomic():
+        backends.use_generic_plans()
+        assert resolve_pending_batch(resolutions=resolutions) == size
+        if connection.vendor == "postgresql":
+            mode = backends.execute_prepared("SELECT current_setting('plan_cache_mode')", [])
+            assert mode == [("auto",)]
+
+    stored = {p.idempotency_key: p for p in PendingTransfer.objects.all()}
+    for i in range(size):
+        p = stored[f"lesson-{i}"]
+        expected = [
+            ("posted", 50, f"confirm-{i}"),
+            ("posted", 20, f"confirm-{i}"),
+            ("voided", None, f"void-{i}"),
+            ("expired", None, None),
+        ][i % 4]
+        assert (p.state, p.posted_amount, p.resolution_key) == expected
+        assert p.resolved_at is not None
+    posted = 30 * 50 + 30 * 20
+    assert totals(funded.prepaid) == (posted, 10000, 0, 0)
+    assert totals(funded.payable) == (0, posted, 0, 0)
+    assert Entry.objects.filter(pending_transfer__isnull=False).count() == 60
+
+
+def test_resolve_pending_batch_refuses_a_hold_that_is_not_pending_when_marked(
+    funded: Chart, counts: Callable[[], RowCounts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last guard: the UPDATE must change every hold the batch read as pending. Simulated by a read
+    that misses a void."""
+    a = hold(funded, "10", key="lesson-a")
+    b = hold(funded, "10", key="lesson-b")
+    hold(funded, "10", key="lesson-c")
+    void_pending(transfer=a, idempotency_key="void-a")
+    lock_holds = services._lock_holds
+    monkeypatch.setattr(
+        services,
+        "_lock_holds",
+        lambda ids: {pk: h._replace(state="pending") for pk, h in lock_holds(ids).items()},
+    )
+    before = counts()
+
+    with pytest.raises(PendingTransferError, match="changed state during the batch"):
+        resolve_pending_batch(
+            resolutions=[Resolution(a.pk, "post", "confirm-a"), Resolution(b.pk, "post", "confirm-b")]
+        )
+
+    assert counts() == before
+    assert PendingTransfer.objects.get(pk=b.pk).state == "pending"
+    assert totals(funded.prepaid) == (0, 10000, 2000, 0)
+
+
+def test_holds_have_no_index_on_their_accounts_but_keep_the_foreign_keys() -> None:
+    """Migration 0010: resolving a hold would rewrite those indexes, and nothing reads holds by account."""
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, "ledger_pendingtransfer")
+    indexed = [c["columns"] for c in constraints.values() if c["index"]]
+    referenced = {c["columns"][0]: c["foreign_key"] for c in constraints.values() if c["foreign_key"]}
+    assert ["debit_account_id"] not in indexed
+    assert ["credit_account_id"] not in indexed
+    assert referenced == {
+        "debit_account_id": ("ledger_account", "id"),
+        "credit_account_id": ("ledger_account", "id"),
+    }
 
 
 def test_create_pending_batch_creates_all_holds(funded: Chart) -> None:
