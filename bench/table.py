@@ -16,8 +16,19 @@ def summary(conditions: object) -> str:
     return str(conditions)
 
 
+def machine(row: dict[str, object]) -> str:
+    """The run's machine reference (bench/run.py): Python / PostgreSQL fixed workloads; lower is faster."""
+    reference = row.get("machine_reference")
+    if not isinstance(reference, dict):
+        return "—"
+    return f"{reference.get('python_ms')} / {reference.get('postgresql_ms')}"
+
+
 def table(results: dict[str, dict[str, object]]) -> str:
-    lines = ["| figure | value | unit | target | conditions |", "| --- | ---: | --- | --- | --- |"]
+    lines = [
+        "| figure | value | unit | target | machine ref. (ms) | conditions |",
+        "| --- | ---: | --- | --- | --- | --- |",
+    ]
     for key in sorted(results):
         row = results[key]
         value = row.get("value")
@@ -25,7 +36,8 @@ def table(results: dict[str, dict[str, object]]) -> str:
             f"{value:,.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
         )
         cond = summary(row.get("conditions", "")).replace("|", "/").replace("\n", " ")
-        lines.append(f"| `{key}` | {shown} | {row.get('unit', '')} | {row.get('target', '')} | {cond} |")
+        unit, target = row.get("unit", ""), row.get("target", "")
+        lines.append(f"| `{key}` | {shown} | {unit} | {target} | {machine(row)} | {cond} |")
     return "\n".join(lines)
 
 
