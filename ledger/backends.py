@@ -313,9 +313,7 @@ def _post_transfer_postgres(spec: EntrySpec) -> dict[str, WrittenEntry]:
 
 def _post_entries_postgres(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
     params = _entries_params(specs, lock=sorted({a for s in specs for a, _ in s.legs}))
-    # SET LOCAL needs a transaction; callers post batches inside one (a single entry may run in autocommit).
-    # A large batch gets a plan sized for its arrays even after a caller's use_generic_plans().
-    setup = _LARGE_BATCH_SETUP if len(specs) >= _JIT_OFF_FROM_ENTRIES and connection.in_atomic_block else []
+    setup = large_batch_setup(len(specs))  # a single entry may run in autocommit: no SET LOCAL then
     ((posted_at, ids, keys),) = execute_prepared(_POSTGRES_POST_ENTRIES, params, setup)
     return _written_entries(specs, posted_at, ids, keys)
 
