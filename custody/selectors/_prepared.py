@@ -68,6 +68,19 @@ class ModelColumns:
         return self.model.from_db(connection.alias, self.names, values)
 
 
+def load_joined(row: Sequence[Any], *shapes: ModelColumns) -> tuple[list[Any], Sequence[Any]]:
+    """Split a row selected as ``shapes[0].sql, shapes[1].sql, …, extra columns`` into one instance per
+    shape (``None`` for a shape whose primary key is NULL: an outer join that found nothing) and the extra
+    columns after them."""
+    instances: list[Any] = []
+    at = 0
+    for shape in shapes:
+        # Every shape selects its primary key first (concrete fields start with it; ``fields`` lists name it).
+        instances.append(shape.load(row, at) if row[at] is not None else None)
+        at += shape.width
+    return instances, row[at:]
+
+
 @cache
 def _converters(
     model: type[models.Model], names: tuple[str, ...], vendor: str

@@ -6,7 +6,7 @@ from django.db.models import F, QuerySet, Sum
 from moneyed import Money
 
 from custody.models import Contract, ContractState, Institution, Student
-from custody.selectors._prepared import ModelColumns, fetch_one
+from custody.selectors._prepared import ModelColumns, fetch_one, load_joined
 from ledger.money import from_minor
 from ledger.selectors import balance
 
@@ -59,7 +59,8 @@ def open_contracts_summary(
     row = fetch_one(_OPEN_SUMMARY_SQL, [student_id, institution_id, subject, *OPEN_STATES])
     if row is None:
         return 0, None
-    return int(row[_OPEN_LATEST.width]), _OPEN_LATEST.load(row)
+    (latest,), (hours,) = load_joined(row, _OPEN_LATEST)
+    return int(hours), latest
 
 
 def held_value(contract: Contract) -> Money:

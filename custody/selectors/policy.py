@@ -10,7 +10,7 @@ from django.db import connection
 
 from custody.errors import NotFound
 from custody.models import Course, GuidancePrice, Institution, Jurisdiction, Policy, Student
-from custody.selectors._prepared import ModelColumns, fetch_one, row_locks
+from custody.selectors._prepared import ModelColumns, fetch_one, load_joined, row_locks
 
 
 def current_policy(jurisdiction: Jurisdiction) -> Policy:
@@ -61,24 +61,20 @@ def lock_signing_context(*, course_id: int, student_id: int) -> SigningContext:
         if not Course.objects.filter(pk=course_id).exists():
             raise Course.DoesNotExist(f"no course {course_id}")
         raise Student.DoesNotExist(f"no student {student_id}")
-    course = _COURSE.load(row)
-    at = _COURSE.width
-    course.institution = institution = _INSTITUTION.load(row, at)
-    at += _INSTITUTION.width
-    institution.jurisdiction = _JURISDICTION.load(row, at)
-    at += _JURISDICTION.width
-    guardian_id, policy_id = row[at], row[at + 1]
-    if policy_id is None:
-        raise _no_policy(institution.jurisdiction)
-    policy = _POLICY.load(row, at + 1)
-    at += 1 + _POLICY.width
-    return SigningContext(course, guardian_id, policy, row[at], row[at + 1])
+    (course, institution, jurisdiction, policy), (guardian_id, guidance, new_id) = load_joined(
+        row, _COURSE, _INSTITUTION, _JURISDICTION, _POLICY
+    )
+    course.institution = institution
+    institution.jurisdiction = jurisdiction
+    if policy is None:
+        raise _no_policy(jurisdiction)
+    return SigningContext(course, guardian_id, policy, guidance, new_id)
 
 
 @cache
 def _signing_context_sql(vendor: str) -> str:
     return f"""
-SELECT {_COURSE.sql}, {_INSTITUTION.sql}, {_JURISDICTION.sql}, s.guardian_id, {_POLICY.sql},
+SELECT {_COURSE.sql}, {_INSTITUTION.sql}, {_JURISDICTION.sql}, {_POLICY.sql}, s.guardian_id,
        (SELECT g.price_per_lesson_fen FROM custody_guidanceprice g
         WHERE g.policy_id = p.id AND g.class_size_band = c.class_size_band AND g.mode = c.mode
         ORDER BY g.id LIMIT 1),

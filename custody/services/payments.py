@@ -44,7 +44,7 @@ from custody.models import (
     Payment,
     SupervisionMode,
 )
-from custody.selectors._prepared import ModelColumns, fetch_one, insert_row, row_locks
+from custody.selectors._prepared import ModelColumns, fetch_one, insert_row, load_joined, row_locks
 from custody.services.contracts import activate_paid_contract
 from ledger import clock
 from ledger.backends import use_generic_plans
@@ -177,16 +177,13 @@ def _lock_contract_for_payment(notice: PaymentNotice) -> tuple[Contract | None, 
     )
     if row is None:
         return None, None, None
-    contract = _CONTRACT.load(row)
-    at = _CONTRACT.width
-    contract.institution = institution = _INSTITUTION.load(row, at)
-    at += _INSTITUTION.width
-    institution.cash_account = _CASH.load(row, at) if row[at] is not None else None
-    at += _CASH.width
-    contract.prepaid_account = _PREPAID.load(row, at) if row[at] is not None else None
-    at += _PREPAID.width
-    clearing = _CLEARING.load(row, at) if row[at] is not None else None
-    return contract, row[at + _CLEARING.width], clearing
+    (contract, institution, cash, prepaid, clearing), (recorded_payment,) = load_joined(
+        row, _CONTRACT, _INSTITUTION, _CASH, _PREPAID, _CLEARING
+    )
+    contract.institution = institution
+    institution.cash_account = cash
+    contract.prepaid_account = prepaid
+    return contract, recorded_payment, clearing
 
 
 def _same_payment(payment: Payment, notice: PaymentNotice, contract: Contract) -> bool:
