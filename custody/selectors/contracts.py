@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import F, QuerySet, Sum
+from django.db.models import QuerySet
 from moneyed import Money
 
 from custody.models import Contract, ContractState, Institution, Student
@@ -20,25 +20,6 @@ def open_contracts_for(student: Student, institution: Institution, subject: str)
     ).order_by("signed_at", "pk")
 
 
-def unconsumed_hours(contracts: QuerySet[Contract]) -> int:
-    """Σ ``Contract.remaining_hours`` (paid + gift − consumed − pending − refunded), in one query."""
-    total = contracts.aggregate(
-        hours=Sum(
-            F("paid_hours")
-            + F("gift_hours")
-            - F("hours_consumed")
-            - F("hours_pending")
-            - F("paid_hours_refunded")
-        )
-    )["hours"]
-    return int(total or 0)
-
-
-def latest_ending(contracts: QuerySet[Contract]) -> Contract | None:
-    """The contract whose service period ends last."""
-    return contracts.order_by("-service_ends_on", "-pk").first()
-
-
 _OPEN_LATEST = ModelColumns(Contract, "c", fields=("id", "number", "service_ends_on"))
 _OPEN_SUMMARY_SQL = f"""
 SELECT {_OPEN_LATEST.sql},
@@ -54,8 +35,9 @@ def open_contracts_summary(
     *, student_id: int, institution_id: int, subject: str
 ) -> tuple[int, Contract | None]:
     """What the anti-splitting rule looks at, in one prepared statement: the unconsumed hours of the
-    student's open contracts at this institution in this subject (as ``unconsumed_hours``) and the one whose
-    service period ends last (as ``latest_ending``; only its number and end date are loaded)."""
+    student's open contracts at this institution in this subject (Σ ``Contract.remaining_hours``: paid +
+    gift − consumed − pending − refunded) and the one whose service period ends last (only its number and
+    end date are loaded)."""
     row = fetch_one(_OPEN_SUMMARY_SQL, [student_id, institution_id, subject, *OPEN_STATES])
     if row is None:
         return 0, None
