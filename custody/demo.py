@@ -80,6 +80,8 @@ from ledger.money import from_minor
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 STORY_DAYS = 80  # from the first registration to ``end_date``
+LAST_EARLY_SIGN_DAY = 48  # most contracts are signed in the first seven weeks, when the courses start
+LATE_SIGNING_SHARE = 0.3  # of the ordinary paid contracts, signed later (up to the story's last days)
 
 Progress = Callable[[str], None]
 
@@ -592,7 +594,7 @@ class DemoBuilder:
         else:
             return None
         course = institution.courses[course_index]
-        sign_day = self.rng.randint(1, 48)
+        sign_day = self.rng.randint(1, LAST_EARLY_SIGN_DAY)
         starts_on = max(course.starts_on, self.day(sign_day + self.rng.randint(0, 5)))
         ends_on = min(latest_service_end(starts_on, 3), starts_on + timedelta(days=self.rng.randint(56, 88)))
         if institution.category == TrainingCategory.SUBJECT:
@@ -674,6 +676,19 @@ class DemoBuilder:
         for plan in plans:
             if plan.fate == "paid" and not plan.refund and (plan.index == 0 or self.rng.random() < 0.05):
                 plan.replay = True  # the bank sends its notice twice (the first contract always)
+        # Families keep signing up to the last days, so the last month's charts show money coming in too.
+        # Only ordinary paid contracts beyond the three per institution move: refunds, closures, the demo
+        # parent's story and a small demo's mix of states keep their days.
+        first_extra = 2 + 3 * len(self.institutions)
+        for plan in ordinary:
+            if plan.index < first_extra or plan.index in taken or plan.fate != "paid":
+                continue
+            if self.rng.random() >= LATE_SIGNING_SHARE:
+                continue
+            plan.sign_day = self.rng.randint(LAST_EARLY_SIGN_DAY + 1, STORY_DAYS - 3)
+            plan.starts_on = self.day(plan.sign_day + self.rng.randint(0, 5))
+            length = timedelta(days=self.rng.randint(56, 88))
+            plan.ends_on = min(latest_service_end(plan.starts_on, 3), plan.starts_on + length)
 
     # --- one day --------------------------------------------------------------------------------------------
 
