@@ -16,6 +16,7 @@ from django.db.models.functions import TruncDate
 
 from custody.models import Payment, PayoutInstruction, PayoutKind, PayoutState
 from custody.services.calendar import local_today
+from custody.web.templatetags import format_yuan
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -37,13 +38,18 @@ class FlowChart:
     series: list[Series]
     width: int = 720
     height: int = 220
-    left: int = 64
     bottom: int = 28
     top: int = 12
 
     @property
     def peak(self) -> int:
         return max([1, *(v for s in self.series for v in s.values)])
+
+    @property
+    def left(self) -> int:
+        """Room for the widest y-axis label (the peak's, e.g. ¥24,656.30): about 7 px a character at the
+        axis' 11 px font, and the 6 px gap before the axis."""
+        return 12 + 7 * len(format_yuan(self.peak))
 
     def _x(self, index: int) -> float:
         span = self.width - self.left - 8
