@@ -1,7 +1,17 @@
 -- The ledger's last line of defence on PostgreSQL. A bug in Python cannot break these.
--- Idempotent: migrations 0002, 0004, 0008, 0009 and 0010 all run the current version of this file (0004
+-- Idempotent: migrations 0002, 0004, 0008, 0009, 0010 and 0012 all run the current version of this file (0004
 -- upgrades databases that 0002 set up with the earlier per-entry deferred trigger; 0008 adds the account
--- check of 3b, 0009 the pending-transfer check of 3c, 0010 the seal queue's check of 3d).
+-- check of 3b, 0009 the pending-transfer check of 3c, 0010 the seal queue's check of 3d, 0012 the range checks).
+--
+-- How the statement triggers' queries are written. PL/pgSQL keeps the plan of a query without parameters for
+-- the whole session, planned for the size of the transition table at its first call. So every existence test
+-- is a scalar subquery, per row or per distinct value, which is an index probe at any size: an anti-join
+-- planned for a 2,500-entry batch hashed a whole table, and every later transfer of the session paid that
+-- again. The first query of each trigger is all a transfer needs (each query costs tens of microseconds to
+-- start, and so does each node in it: probing an entry's id range or a statement's distinct accounts
+-- costs a transfer more than the probes it saves). Larger statements take further queries: several rows
+-- whose ids are adjacent (a batch's: n ids spanning exactly n values) are checked with one index range scan
+-- instead of a probe per row, and postings' accounts once per distinct account.
 
 -- 1. History is append-only: no UPDATE or DELETE of entries, postings, chain links or checkpoints.
 CREATE OR REPLACE FUNCTION ledger_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -74,27 +84,38 @@ CREATE CONSTRAINT TRIGGER ledger_entry_balanced_at_commit AFTER INSERT ON ledger
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_check_balance_due();
 
 -- After each statement that inserts entries: an entry without postings yet is queued (its postings must follow,
--- checked at COMMIT), and 3c. below. One query for both.
+-- checked at COMMIT), and 3c. below. One query for both when the statement inserts one entry.
 CREATE OR REPLACE FUNCTION ledger_new_entries_balance() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    without_postings bigint[];
-    missing_hold bigint;
+    s record;
 BEGIN
-    SELECT array_agg(n.id) FILTER (WHERE NOT EXISTS (SELECT 1 FROM ledger_posting p WHERE p.entry_id = n.id)),
-           -- 3c. The hold an entry posts exists: one anti-join per statement instead of a foreign-key check
-           --     per entry at COMMIT (migration 0009). Holds are never deleted and keep their id (4.), so it
-           --     stays true.
-           min(n.pending_transfer_id) FILTER (WHERE n.pending_transfer_id IS NOT NULL AND NOT EXISTS (
-               SELECT 1 FROM ledger_pendingtransfer t WHERE t.id = n.pending_transfer_id))
-    INTO without_postings, missing_hold
+    SELECT count(*) AS n, min(n.id) AS lo, max(n.id) AS hi,
+           (SELECT p.entry_id FROM ledger_posting p WHERE p.entry_id = min(n.id) LIMIT 1) IS NOT NULL AS lo_posted,
+           -- 3c. The hold an entry posts exists: checked per statement instead of a foreign-key check per
+           --     entry at COMMIT (migration 0009). Holds are never deleted and keep their id (4.), so it stays
+           --     true.
+           min(n.pending_transfer_id) FILTER (WHERE n.pending_transfer_id IS NOT NULL AND (
+               SELECT h.id FROM ledger_pendingtransfer h WHERE h.id = n.pending_transfer_id) IS NULL)
+               AS missing_hold
+    INTO s
     FROM new_entries n;
-    IF missing_hold IS NOT NULL THEN
-        RAISE EXCEPTION 'ledger: an entry cannot post pending transfer %, which does not exist', missing_hold
+    IF s.missing_hold IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger: an entry cannot post pending transfer %, which does not exist', s.missing_hold
             USING ERRCODE = 'foreign_key_violation';
     END IF;
-    IF without_postings IS NOT NULL THEN
-        INSERT INTO ledger_entry_balance_due (entry_id) SELECT unnest(without_postings);
+    IF s.n = 0 OR (s.n = 1 AND s.lo_posted) THEN
+        RETURN NULL;
     END IF;
+    -- Several entries with adjacent ids (a batch's) all have postings iff every id of their range has one: one
+    -- range scan of the postings' (entry, account) index.
+    IF s.n > 1 AND s.lo_posted AND s.hi - s.lo + 1 = s.n
+       AND (SELECT count(DISTINCT p.entry_id) FROM ledger_posting p WHERE p.entry_id BETWEEN s.lo AND s.hi) = s.n
+    THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO ledger_entry_balance_due (entry_id)
+        SELECT n.id FROM new_entries n
+        WHERE (SELECT p.entry_id FROM ledger_posting p WHERE p.entry_id = n.id LIMIT 1) IS NULL;
     RETURN NULL;
 END $$;
 
@@ -125,23 +146,35 @@ DECLARE
 BEGIN
     -- One query for what every statement needs: the entries' id range, whether the postings are all in one
     -- currency and their sum, the first entry's inserting (sub)transaction (NULL if it does not exist), and
-    -- 3b. below. Each query a trigger runs costs tens of microseconds to start, more than a two-posting
-    -- statement's work, so the common case (a transfer: one entry, one currency) needs no other query.
+    -- whether its first and last accounts exist (3b. below). Each query a trigger runs costs tens of
+    -- microseconds to start, more than a two-posting statement's work, so the common case (a transfer: one
+    -- entry, one currency, two accounts) needs no other query.
     SELECT count(*) AS n, min(p.entry_id) AS lo, max(p.entry_id) AS hi,
            min(p.currency) = max(p.currency) AS one_currency, sum(p.amount) AS total,
            (SELECT e.xmin FROM ledger_entry e WHERE e.id = min(p.entry_id)) AS lo_xmin,
-           -- 3b. Each posting's account exists: one anti-join per statement instead of a foreign-key check
-           --     per posting at COMMIT (migration 0008). Accounts are never deleted and keep their id (5.), so
-           --     it stays true.
-           min(p.account_id) FILTER (WHERE NOT EXISTS (SELECT 1 FROM ledger_account a WHERE a.id = p.account_id))
-               AS missing_account
+           min(p.account_id) AS first_account, max(p.account_id) AS last_account,
+           (SELECT a.id FROM ledger_account a WHERE a.id = min(p.account_id)) IS NULL AS first_missing,
+           (SELECT a.id FROM ledger_account a WHERE a.id = max(p.account_id)) IS NULL AS last_missing
     INTO s
     FROM new_postings p;
     IF s.n = 0 THEN
         RETURN NULL;  -- e.g. a transfer replayed: its key existed, so nothing was inserted
     END IF;
-    IF s.missing_account IS NOT NULL THEN
-        RAISE EXCEPTION 'ledger: a posting cannot be on account %, which does not exist', s.missing_account
+    -- 3b. Each posting's account exists: checked per statement instead of a foreign-key check per posting at
+    --     COMMIT (migration 0008). Accounts are never deleted and keep their id (5.), so it stays true. Two
+    --     postings have no account but their first and last; more take one probe per distinct account (a
+    --     batch's postings name far fewer accounts than there are postings).
+    IF s.n > 2 THEN
+        SELECT min(d.account_id) INTO missing
+        FROM (SELECT DISTINCT account_id FROM new_postings) d
+        WHERE (SELECT a.id FROM ledger_account a WHERE a.id = d.account_id) IS NULL;
+    ELSIF s.first_missing THEN
+        missing := s.first_account;
+    ELSIF s.last_missing THEN
+        missing := s.last_account;
+    END IF;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger: a posting cannot be on account %, which does not exist', missing
             USING ERRCODE = 'foreign_key_violation';
     END IF;
 
@@ -165,23 +198,32 @@ BEGIN
     -- 2. (see above): the statement's postings of each entry must be >= 2 and sum to zero per currency, or
     --    the entry is checked again at COMMIT. This statement's postings alone are enough: every earlier set
     --    of postings of the entry (earlier statements of this transaction) was balanced or queued too, and
-    --    balanced sets add up to a balanced entry.
-    SELECT count(*), array_agg(entry_id) FILTER (WHERE short_or_unbalanced)
-    INTO touched, unbalanced
-    FROM (
-        SELECT entry_id, sum(n) < 2 OR bool_or(total <> 0) AS short_or_unbalanced
-        FROM (SELECT entry_id, count(*) AS n, sum(amount) AS total FROM new_postings GROUP BY entry_id, currency) g
-        GROUP BY entry_id
-    ) per_entry;
+    --    balanced sets add up to a balanced entry. In one currency (a batch's usual case) the groups per
+    --    entry and currency are the groups per entry, so one grouping is enough.
+    IF s.one_currency THEN
+        SELECT count(*), array_agg(entry_id) FILTER (WHERE n < 2 OR total <> 0)
+        INTO touched, unbalanced
+        FROM (SELECT entry_id, count(*) AS n, sum(amount) AS total FROM new_postings GROUP BY entry_id) per_entry;
+    ELSE
+        SELECT count(*), array_agg(entry_id) FILTER (WHERE short_or_unbalanced)
+        INTO touched, unbalanced
+        FROM (
+            SELECT entry_id, sum(n) < 2 OR bool_or(total <> 0) AS short_or_unbalanced
+            FROM (SELECT entry_id, count(*) AS n, sum(amount) AS total FROM new_postings GROUP BY entry_id, currency) g
+            GROUP BY entry_id
+        ) per_entry;
+    END IF;
     IF unbalanced IS NOT NULL THEN
         INSERT INTO ledger_entry_balance_due (entry_id) SELECT unnest(unbalanced);
     END IF;
     -- 3. Each entry must exist and be ours. One status look-up per inserting (sub)transaction, not per entry
-    --    (a batch's entries share one), over the id range the statement touched (a batch's ids are adjacent).
+    --    (a batch's entries share one), over the id range the statement touched. When the statement touched
+    --    every id of that range (a batch's ids are adjacent), the range is exactly its entries.
     FOR owner IN
         SELECT e.xmin AS xid, count(*) AS n, min(e.id) AS entry_id
         FROM ledger_entry e
-        WHERE e.id BETWEEN s.lo AND s.hi AND e.id IN (SELECT entry_id FROM new_postings)
+        WHERE e.id BETWEEN s.lo AND s.hi
+          AND (touched = s.hi - s.lo + 1 OR e.id IN (SELECT entry_id FROM new_postings))
         GROUP BY e.xmin
     LOOP
         owned := owned + owner.n;
@@ -202,15 +244,30 @@ END $$;
 CREATE OR REPLACE TRIGGER ledger_posting_new_balance AFTER INSERT ON ledger_posting
     REFERENCING NEW TABLE AS new_postings FOR EACH STATEMENT EXECUTE FUNCTION ledger_new_postings_balance();
 
--- 3d. The seal queue (ledger_unsealedentry) names only entries that exist: one anti-join per statement instead
---     of a foreign-key check (and a row lock on the entry) per queued entry at COMMIT (migration 0010). Entries
+-- 3d. The seal queue (ledger_unsealedentry) names only entries that exist: checked per statement instead of a
+--     foreign-key check (and a row lock on the entry) per queued entry at COMMIT (migration 0010). Entries
 --     are never deleted and keep their id (1.), so it stays true.
 CREATE OR REPLACE FUNCTION ledger_queued_entries_exist() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
+    s record;
     missing bigint;
 BEGIN
+    SELECT count(*) AS n, min(q.entry_id) AS lo, max(q.entry_id) AS hi,
+           (SELECT e.id FROM ledger_entry e WHERE e.id = min(q.entry_id)) IS NOT NULL AS lo_exists
+    INTO s
+    FROM new_queued q;
+    IF s.n = 0 OR (s.n = 1 AND s.lo_exists) THEN
+        RETURN NULL;
+    END IF;
+    -- Several adjacent ids (a batch's) all exist iff the entries' primary key holds every id of their range:
+    -- one range scan.
+    IF s.n > 1 AND s.lo_exists AND s.hi - s.lo + 1 = s.n
+       AND (SELECT count(*) FROM ledger_entry e WHERE e.id BETWEEN s.lo AND s.hi) = s.n
+    THEN
+        RETURN NULL;
+    END IF;
     SELECT min(q.entry_id) INTO missing FROM new_queued q
-        WHERE NOT EXISTS (SELECT 1 FROM ledger_entry e WHERE e.id = q.entry_id);
+        WHERE (SELECT e.id FROM ledger_entry e WHERE e.id = q.entry_id) IS NULL;
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'ledger: entry %, queued for sealing, does not exist', missing
             USING ERRCODE = 'foreign_key_violation';

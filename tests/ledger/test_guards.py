@@ -679,3 +679,229 @@ def test_postgres_the_seal_queue_refers_to_entries_through_the_trigger_not_a_for
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, "ledger_unsealedentry")
     assert not [c for c in constraints.values() if c["foreign_key"]]
+
+
+# --- statements of many rows: the triggers' range and per-account checks (PostgreSQL) -------------------
+
+
+def insert_batch(
+    cursor: CursorWrapper, entry_ids: Sequence[int], postings: Sequence[tuple[int, int, int]]
+) -> None:
+    """One statement, as the ledger writes a batch: entries with the given ids, and postings given as
+    (entry id, account id, amount), which may name entries the statement does not insert."""
+    now = timezone.now()
+    cursor.execute(
+        "WITH e AS (INSERT INTO ledger_entry (id, idempotency_key, request_hash, kind, posted_at, "
+        "effective_at, metadata) SELECT id, 'raw-batch-' || id, 'x', 'raw', %s, %s, '{}' "
+        "FROM unnest(%s::bigint[]) AS t(id)) "
+        "INSERT INTO ledger_posting (entry_id, account_id, amount, currency, posted_at, debits_after, "
+        "credits_after) SELECT p.entry_id, p.account_id, p.amount, 'CNY', %s, 0, 0 "
+        "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS p(entry_id, account_id, amount)",
+        [
+            now,
+            now,
+            list(entry_ids),
+            now,
+            [p[0] for p in postings],
+            [p[1] for p in postings],
+            [p[2] for p in postings],
+        ],
+    )
+
+
+def balanced_pairs(accounts: Chart, entry_ids: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Two balanced postings per entry, spread over the chart's three accounts."""
+    chart = [accounts.cash.pk, accounts.prepaid.pk, accounts.payable.pk]
+    return [
+        posting
+        for n, entry_id in enumerate(entry_ids)
+        for posting in ((entry_id, chart[n % 3], 100 + n), (entry_id, chart[(n + 1) % 3], -100 - n))
+    ]
+
+
+def batch_ids(layout: str, count: int = 60) -> list[int]:
+    """Unused entry ids: adjacent (the triggers' range checks) or every other one (their per-row checks)."""
+    start = unused_id("ledger_entry")
+    return (
+        list(range(start, start + count))
+        if layout == "adjacent"
+        else list(range(start, start + 2 * count, 2))
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("layout", ["adjacent", "gapped"])
+@pytest.mark.parametrize("missing", [None, 0, 29, 59])
+def test_postgres_a_batch_whose_one_posting_names_a_missing_account_is_refused(
+    accounts: Chart, layout: str, missing: int | None
+) -> None:
+    """The account check runs once per distinct account of the statement: one bad posting among 120 good
+    ones is still found, although its account id is neither the statement's first nor its last (a posting
+    on account ``far`` comes after it). No missing account is the control."""
+    ids = batch_ids(layout)
+    postings = balanced_pairs(accounts, ids)
+    nowhere = unused_id("ledger_account")
+    far = Account.objects.create(pk=nowhere + 1000, code="far", type="asset", currency="CNY")
+    postings[2 * 45] = (ids[45], far.pk, postings[2 * 45][2])
+    if missing is not None:
+        entry_id, _, amount = postings[2 * missing + 1]
+        postings[2 * missing + 1] = (entry_id, nowhere, amount)
+
+    with (
+        pytest.raises(IntegrityError, match=f"account {nowhere}, which does not exist")
+        if missing is not None
+        else contextlib.nullcontext(),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        insert_batch(cursor, ids, postings)
+
+    assert Entry.objects.filter(pk__in=ids).count() == (0 if missing is not None else len(ids))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("layout", ["adjacent", "gapped"])
+@pytest.mark.parametrize("bare", [None, 0, 31, 59])
+def test_postgres_a_batch_entry_left_without_postings_fails_at_commit(
+    accounts: Chart, layout: str, bare: int | None
+) -> None:
+    """The entry trigger queues a new entry that has no posting at the end of its statement, whether the
+    statement's entries are adjacent (one range scan of the postings) or not (a probe per entry). Every
+    entry with postings is the control: nothing is queued and the batch commits."""
+    ids = batch_ids(layout)
+    postings = [p for p in balanced_pairs(accounts, ids) if bare is None or p[0] != ids[bare]]
+    queued: list[list[int]] = []
+
+    with (
+        pytest.raises(IntegrityError, match="has 0 postings")
+        if bare is not None
+        else contextlib.nullcontext(),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        insert_batch(cursor, ids, postings)
+        cursor.execute("SELECT entry_id FROM ledger_entry_balance_due ORDER BY entry_id")
+        queued.append([row[0] for row in cursor.fetchall()])
+
+    assert queued == [[] if bare is None else [ids[bare]]]
+    assert Entry.objects.filter(pk__in=ids).count() == (0 if bare is not None else len(ids))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("legs", "message"), [("unbalanced", "does not balance"), ("single", "at least 2 are required")]
+)
+def test_postgres_one_unbalanced_entry_in_a_batch_in_one_currency_fails_at_commit(
+    accounts: Chart, legs: str, message: str
+) -> None:
+    """A one-currency statement of many entries is grouped per entry only; a short or unbalanced entry among
+    balanced ones is still queued for COMMIT, and only it."""
+    ids = batch_ids("adjacent")
+    postings = balanced_pairs(accounts, ids)
+    entry_id, account_id, amount = postings[41]
+    if legs == "unbalanced":
+        postings[41] = (entry_id, account_id, amount - 1)
+    else:
+        del postings[41]
+    queued: list[list[int]] = []
+
+    with pytest.raises(IntegrityError, match=message), transaction.atomic(), connection.cursor() as cursor:
+        insert_batch(cursor, ids, postings)
+        cursor.execute("SELECT entry_id FROM ledger_entry_balance_due ORDER BY entry_id")
+        queued.append([row[0] for row in cursor.fetchall()])
+
+    assert queued == [[entry_id]]
+    assert not Entry.objects.filter(pk__in=ids).exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        ("new", None),
+        ("committed", "already committed"),
+        ("missing", "does not exist"),
+        ("missing past one of ours", "does not exist"),
+    ],
+)
+def test_postgres_postings_to_adjacent_entries_are_checked_for_each(
+    accounts: Chart, pay_in: Callable[..., Entry], other: str, message: str | None
+) -> None:
+    """When a statement's postings name every id of their range, the trigger reads the range without a
+    join: an adjacent entry that is already committed, or does not exist, must still be refused. When they
+    skip an id, the range holds an entry they do not touch (here one of the transaction's own), and only the
+    entries they name count: one that does not exist is refused."""
+    committed = pay_in("100", key="pay-1")
+    bank = open_account(code="clearing:bank", type="asset")  # the committed entry has none on it
+    ids = [committed.pk + 1, committed.pk + 2]
+    if other == "new":
+        inserted = ids
+    elif other == "committed":
+        ids = [committed.pk, committed.pk + 1]
+        inserted = ids[1:]
+    elif other == "missing":
+        inserted = ids[:1]
+    else:
+        inserted = ids
+        ids = [ids[0], ids[1] + 1]
+
+    def legs(entry_ids: Sequence[int]) -> list[tuple[int, int, int]]:
+        return [p for i in entry_ids for p in ((i, bank.pk, 5), (i, accounts.payable.pk, -5))]
+
+    with (
+        pytest.raises(IntegrityError, match=message) if message else contextlib.nullcontext(),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        if other == "missing past one of ours":
+            insert_batch(cursor, inserted, [])
+            insert_batch(cursor, [], legs(ids))
+        else:
+            insert_batch(cursor, inserted, legs(ids))
+
+    assert Entry.objects.filter(pk__in=inserted).count() == (2 if other == "new" else 0)
+    assert Posting.objects.filter(entry_id=committed.pk).count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("layout", ["adjacent", "gapped"])
+@pytest.mark.parametrize("missing", [False, True])
+def test_the_seal_queue_names_only_entries_that_exist_among_many(
+    accounts: Chart, layout: str, missing: bool
+) -> None:
+    """One statement queues many entries: adjacent ids (PostgreSQL's range check) or every other one (its
+    per-row check), with one that does not exist (just past the range, so an adjacent set stays adjacent)
+    or none (the control)."""
+    from ledger.services import NewEntry, credit, debit, post_batch
+
+    result = post_batch(
+        entries=[
+            NewEntry(
+                f"q-{n}", "payment", [debit(accounts.cash, cny("1")), credit(accounts.prepaid, cny("1"))]
+            )
+            for n in range(40)
+        ]
+    )
+    ids = sorted(Entry.objects.filter(idempotency_key__startswith="q-").values_list("pk", flat=True))
+    assert result.created == 40 and ids == list(range(ids[0], ids[0] + 40))
+    queued = ids if layout == "adjacent" else ids[::2]
+    if missing:
+        queued = [*queued, ids[-1] + (1 if layout == "adjacent" else 2)]
+
+    with (
+        pytest.raises(IntegrityError, match=r"ledger_unsealedentry|queued for sealing, does not exist")
+        if missing
+        else contextlib.nullcontext(),
+        transaction.atomic(),
+    ):
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM ledger_unsealedentry")  # as seal() does
+            cursor.execute(
+                "INSERT INTO ledger_unsealedentry (entry_id) VALUES " + ", ".join(["(%s)"] * len(queued)),
+                queued,
+            )
+        connection.check_constraints(table_names=["ledger_unsealedentry"])
