@@ -402,11 +402,13 @@ def test_measure_a_checkpoint_over_many_liabilities_and_one_proofs_verification(
     serve = time.perf_counter() - started
     document = proofs.checkpoint_document(checkpoint)
     key = verify.parse_public_key(chain.trusted_public_keys()[checkpoint.key_id])
+    # CPU time, not wall time: the budget is the verification's cost, and under a loaded CI machine (other
+    # test workers on the same cores) wall time measured the queue for a core as well.
     timings = []
     for _ in range(200):
-        started = time.perf_counter()
+        started = time.process_time()
         verify.verify_liability_proof(proof, document, key, verify.Report())
-        timings.append(time.perf_counter() - started)
+        timings.append(time.process_time() - started)
     tree_only = []
     leaf = merkle.liability_leaf(proof["reference"], proof["amount"], bytes.fromhex(proof["salt"]))
     path = [merkle.SumNode(bytes.fromhex(n["hash"]), n["sum"]) for n in proof["group_path"]]
