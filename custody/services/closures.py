@@ -396,10 +396,10 @@ def _create_refunds(
 
 
 def _insert_refunds(refunds: Sequence[Refund], *, note: str, now: datetime) -> None:
-    """Insert a batch's closure refunds, claimed and answered ``now`` with the closure's ``note``: one ``INSERT … SELECT
-    unnest(…)`` on PostgreSQL (``bulk_create`` binds every value of every row, several times the database's
-    work at 500 rows), ``bulk_create`` elsewhere. The column list is the model's; a new non-null column
-    without a database default makes this fail loudly."""
+    """Insert a batch's closure refunds, claimed and answered ``now`` with the closure's ``note``: one
+    ``INSERT … SELECT unnest(…)`` on PostgreSQL (``bulk_create`` binds every value of every row, several times
+    the database's work at 500 rows), ``bulk_create`` elsewhere. The column list is the model's; a new
+    non-null column without a database default makes this fail loudly."""
     if not refunds:
         return
     if connection.vendor != "postgresql":
