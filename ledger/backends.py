@@ -38,6 +38,14 @@ class EntrySpec:
     metadata: dict[str, Any] = field(default_factory=dict)
     reverses_id: int | None = None
     pending_transfer_id: int | None = None
+    # The metadata as JSON text instead, when the caller holds it encoded already (a hold's, as PostgreSQL
+    # returned it: decoding and encoding it again cost more than writing the entry's other columns).
+    metadata_json: str | None = None
+
+    def metadata_text(self) -> str:
+        if self.metadata_json is not None:
+            return self.metadata_json
+        return json.dumps(self.metadata, sort_keys=True) if self.metadata else "{}"
 
 
 @dataclass(frozen=True)
@@ -293,7 +301,7 @@ def _post_transfer_postgres(spec: EntrySpec) -> dict[str, WrittenEntry]:
             "hash": spec.request_hash,
             "kind": spec.kind,
             "effective": spec.effective_at,
-            "metadata": json.dumps(spec.metadata, sort_keys=True) if spec.metadata else "{}",
+            "metadata": spec.metadata_text(),
             "reverses": spec.reverses_id,
             "pending": spec.pending_transfer_id,
             # int8 always: psycopg would pick int2/int4/int8 by value, and each choice is a separate
@@ -390,7 +398,7 @@ def _entries_params(specs: Sequence[EntrySpec], *, lock: list[int]) -> dict[str,
         "hashes": [s.request_hash for s in specs],
         "kinds": [s.kind for s in specs],
         "effective": [s.effective_at for s in specs],
-        "metadata": [json.dumps(s.metadata, sort_keys=True) if s.metadata else "{}" for s in specs],
+        "metadata": [s.metadata_text() for s in specs],
         "reverses": [s.reverses_id for s in specs],
         "pending": [s.pending_transfer_id for s in specs],
         "p_entry": p_entry,
@@ -486,7 +494,7 @@ def _post_entries_sqlite(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
                     spec.kind,
                     posted_at,
                     effective_at,
-                    json.dumps(spec.metadata, sort_keys=True),
+                    spec.metadata_text(),
                     spec.reverses_id,
                     spec.pending_transfer_id,
                 )

@@ -29,7 +29,7 @@ from moneyed import Money
 
 from ledger import backends, clock
 from ledger.backends import EntrySpec
-from ledger.canonical import entry_request_hash, request_hash, timestamp
+from ledger.canonical import entry_request_hash, post_pending_request_hash, request_hash, timestamp
 from ledger.errors import (
     AccountConflict,
     AccountNotFound,
@@ -914,18 +914,28 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
             ],
             at=now,
         )
-        specs = [
-            EntrySpec(
-                idempotency_key=r.idempotency_key,
-                request_hash=request_hash({"op": "post_pending", "transfer": p.id, "amount": posted}),
-                kind=p.kind,
-                legs=tuple(sorted([(p.debit_account_id, posted), (p.credit_account_id, -posted)])),
-                metadata={**_metadata(p.metadata), **dict(r.metadata)},
-                pending_transfer_id=p.id,
+        specs: list[EntrySpec] = []
+        for p, r, posted in to_apply:
+            if r.action != "post" or not posted:
+                continue
+            metadata: dict[str, Any] = {}
+            metadata_json: str | None = None
+            if isinstance(p.metadata, str) and not r.metadata:
+                metadata_json = p.metadata  # the hold's, as the database gave it: nothing to add
+            else:
+                metadata = {**_metadata(p.metadata), **dict(r.metadata)}
+            dr, cr = (p.debit_account_id, posted), (p.credit_account_id, -posted)
+            specs.append(
+                EntrySpec(
+                    idempotency_key=r.idempotency_key,
+                    request_hash=post_pending_request_hash(transfer=p.id, amount=posted),
+                    kind=p.kind,
+                    legs=(dr, cr) if dr < cr else (cr, dr),
+                    metadata=metadata,
+                    metadata_json=metadata_json,
+                    pending_transfer_id=p.id,
+                )
             )
-            for p, r, posted in to_apply
-            if r.action == "post" and posted
-        ]
         if specs:
             written = _write_or_explain(specs)
             if len(written) != len(specs):

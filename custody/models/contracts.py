@@ -27,10 +27,16 @@ class Contract(models.Model):
     add up to the amount exactly, to the fen.
     """
 
-    number = models.CharField(max_length=32, unique=True)  # also the order reference payers pay against
-    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="contracts")
+    # A contract's row changes with every lesson confirmed and at its end, and a change of state rewrites
+    # every index entry: so only indexes something reads. The number is unique through a constraint
+    # (unique=True adds a pattern-ops index for LIKE, which nothing runs); institution and student are the
+    # leading columns of the two composite indexes below, which serve their look-ups and foreign keys.
+    number = models.CharField(max_length=32)  # also the order reference payers pay against
+    institution = models.ForeignKey(
+        Institution, on_delete=models.PROTECT, related_name="contracts", db_index=False
+    )
     course = models.ForeignKey(Course, on_delete=models.PROTECT, related_name="contracts")
-    student = models.ForeignKey(Student, on_delete=models.PROTECT, related_name="contracts")
+    student = models.ForeignKey(Student, on_delete=models.PROTECT, related_name="contracts", db_index=False)
     guardian = models.ForeignKey(Guardian, on_delete=models.PROTECT, related_name="contracts")
     policy = models.ForeignKey(Policy, on_delete=models.PROTECT, related_name="contracts")
     subject = models.CharField(max_length=50)  # copied from the course: the anti-splitting rule's key
@@ -39,8 +45,9 @@ class Contract(models.Model):
     amount_fen = models.BigIntegerField()
     service_starts_on = models.DateField()
     service_ends_on = models.DateField()
+    # Indexed only where set (custody_contract_renews): most contracts renew nothing.
     renews = models.ForeignKey(
-        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="renewals"
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="renewals", db_index=False
     )
     state = models.CharField(
         max_length=16, choices=ContractState.choices, default=ContractState.AWAITING_PAYMENT
@@ -67,8 +74,12 @@ class Contract(models.Model):
                 fields=["student", "institution", "subject", "state"], name="custody_contract_split"
             ),
             models.Index(fields=["institution", "state"], name="custody_contract_inst_state"),
+            models.Index(
+                fields=["renews"], name="custody_contract_renews", condition=Q(renews__isnull=False)
+            ),
         ]
         constraints = [
+            models.UniqueConstraint(fields=["number"], name="custody_contract_number"),
             models.CheckConstraint(
                 condition=Q(paid_hours__gt=0), name="custody_contract_paid_hours_positive"
             ),

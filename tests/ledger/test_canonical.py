@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.canonical import entry_request_hash, request_hash, timestamp
+from ledger.canonical import entry_request_hash, post_pending_request_hash, request_hash, timestamp
 
 
 def reference_hash(kind: Any, legs: Any, effective_at: Any, metadata: Any) -> str:
@@ -75,4 +75,20 @@ def test_a_known_hash_is_unchanged() -> None:
         hashlib.sha256(
             b'{"effective_at":null,"kind":"release","legs":[[1,1234],[2,-1234]],"metadata":{},"op":"entry"}'
         ).hexdigest()
+    )
+
+
+@given(transfer=st.booleans() | ints, amount=st.booleans() | ints)
+def test_posting_a_hold_hashes_as_the_generic_encoder(transfer: int, amount: int) -> None:
+    """Holds posted before the spelled-out hash existed must still replay (bools take the generic path)."""
+    payload = {"op": "post_pending", "transfer": transfer, "amount": amount}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+    assert (
+        post_pending_request_hash(transfer=transfer, amount=amount)
+        == hashlib.sha256(text.encode()).hexdigest()
+    )
+    assert (
+        post_pending_request_hash(transfer=7, amount=1234)
+        == hashlib.sha256(b'{"amount":1234,"op":"post_pending","transfer":7}').hexdigest()
     )

@@ -11,6 +11,7 @@ from django.db import connection, transaction
 from moneyed import Money
 
 from ledger import backends, clock, services
+from ledger.canonical import request_hash
 from ledger.errors import (
     CurrencyMismatch,
     IdempotencyConflict,
@@ -223,6 +224,19 @@ def test_post_part_releases_the_rest_and_moves_only_the_posted_amount(funded: Ch
     assert totals(funded.prepaid) == (1250, 10000, 0, 0)
     assert totals(funded.payable) == (0, 1250, 0, 0)
     assert balance(funded.prepaid).available == cny("87.50")
+
+
+def test_a_post_that_adds_no_metadata_keeps_the_holds(funded: Chart) -> None:
+    """The hold's metadata goes into the entry as the database returned it (PostgreSQL) or decoded (SQLite),
+    and the request hash is the generic encoder's, so the post replays."""
+    p = hold(funded, "30", key="lesson-1", metadata={"lesson": 1, "note": '数学 "A"'})
+
+    entry = post_pending(transfer=p, idempotency_key="confirm-1")
+
+    stored = Entry.objects.get(pk=entry.pk)
+    assert stored.metadata == {"lesson": 1, "note": '数学 "A"'}
+    assert stored.request_hash == request_hash({"op": "post_pending", "transfer": p.pk, "amount": 3000})
+    assert post_pending(transfer=p, idempotency_key="confirm-1").pk == entry.pk
 
 
 def test_replaying_a_post_with_its_key_returns_the_same_entry(

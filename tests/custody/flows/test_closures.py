@@ -97,6 +97,8 @@ def test_an_abnormal_closure_refunds_every_contract_once_and_closes_the_institut
         assert (refund.amount_fen, refund.paid_hours, refund.state) == (amount, hours, RefundState.INSTRUCTED)
         assert refund.idempotency_key == f"closure:{closure.pk}:contract:{contract.pk}"
         assert refund.entry is not None and refund.entry.idempotency_key == refund.idempotency_key
+        assert refund.claimed_at == refund.answered_at == clock.now() and refund.claim_note == closure.reason
+        assert refund.payout_due is not None and refund.answer_due is None and refund.paid_at is None
         assert posted(prepaid(contract)) == 0  # invariant 10
         assert posted(refund_payable(contract)) == amount
         assert Contract.objects.get(pk=contract.pk).state == ContractState.REFUNDED
@@ -110,6 +112,10 @@ def test_an_abnormal_closure_refunds_every_contract_once_and_closes_the_institut
 
     payouts = PayoutInstruction.objects.filter(kind="refund").order_by("pk")
     assert [p.amount_fen for p in payouts] == [144_000, 160_000]
+    for payout in payouts:  # to the account that paid (原路返回), stored encrypted as the contract's is
+        assert (
+            payout.destination_account and payout.destination_account == payout.refund.contract.payer_account
+        )
     assert available(cash(institution)) == posted(payable(institution))  # only what was earned is left
     rows = ledger_rows()
     assert run_closure(closure=closure).state == ClosureState.COMPLETED  # running again changes nothing

@@ -93,6 +93,7 @@ def test_a_refund_after_the_start_pays_back_the_unconsumed_paid_hours_by_the_sch
     (payout,) = instruct_refund_payouts()
     assert (payout.kind, payout.amount_fen, payout.refund_id) == (PayoutKind.REFUND, 6_667, approved.pk)
     assert payout.destination_account == PAYER_ACCOUNT  # 原路返回
+    assert PayoutInstruction.objects.get(pk=payout.pk).destination_account == PAYER_ACCOUNT  # as stored
     assert payout.reference.startswith("RF20240318")
     assert Refund.objects.get(pk=approved.pk).state == RefundState.INSTRUCTED
     assert available(cash(institution)) == 10_000 - 6_667
