@@ -44,7 +44,7 @@ from custody.models import (
     Payment,
     SupervisionMode,
 )
-from custody.selectors._prepared import ModelColumns, fetch_one, insert_row, load_joined, row_locks
+from custody.selectors._prepared import ModelColumns, fetch_one, insert_of, load_joined, row_locks
 from custody.services.contracts import activate_paid_contract
 from ledger import clock
 from ledger.backends import use_generic_plans
@@ -130,18 +130,16 @@ def _accept(
         if contract is None:
             raise _rejected("unknown_order", "找不到该订单对应的合同", "no contract has this order reference")
         _check_acceptable(notice, contract)
-        payment = _record(notice, contract, clearing, now=now)
-        insert_row(
-            CallbackLog(
-                channel=notice.channel,
-                received_at=now,
-                outcome=CallbackOutcome.ACCEPTED,
-                transaction_id=notice.transaction_id,
-                body_sha256=hashlib.sha256(body).hexdigest(),
-                body_size=len(body),
-                source_ip=source_ip,
-            )
+        log = CallbackLog(
+            channel=notice.channel,
+            received_at=now,
+            outcome=CallbackOutcome.ACCEPTED,
+            transaction_id=notice.transaction_id,
+            body_sha256=hashlib.sha256(body).hexdigest(),
+            body_size=len(body),
+            source_ip=source_ip,
         )
+        payment = _record(notice, contract, clearing, log, now=now)
     return payment, False
 
 
@@ -234,7 +232,13 @@ def _check_acceptable(notice: PaymentNotice, contract: Contract) -> None:
         )
 
 
-def _record(notice: PaymentNotice, contract: Contract, clearing: Account | None, *, now: datetime) -> Payment:
+def _record(
+    notice: PaymentNotice, contract: Contract, clearing: Account | None, log: CallbackLog, *, now: datetime
+) -> Payment:
+    """Post the payment (and the bank's settlement), then write the payment, the contract's activation and
+    the callback log. Posting locks the channel's clearing account, which every payment of the channel
+    posts to, until the transaction commits; so everything that can be prepared comes before it, and one
+    statement follows it."""
     if contract.prepaid_account is None:
         raise RuntimeError(f"contract {contract.number} has no prepaid account")
     amount = from_minor(notice.amount_fen, "CNY")
@@ -267,8 +271,6 @@ def _record(notice: PaymentNotice, contract: Contract, clearing: Account | None,
                 metadata={"contract": contract.pk},
             )
         )
-    # Inside _accept's block, which any ledger error fails as a whole: no savepoint of the ledger's own.
-    posted = post_batch(entries=entries, savepoint=False).entries
     payment = Payment(
         contract=contract,
         channel=notice.channel,
@@ -279,12 +281,19 @@ def _record(notice: PaymentNotice, contract: Contract, clearing: Account | None,
         received_at=now,
         payer_account=notice.payer_account,
         raw_payload=notice.raw,
-        entry=posted[0],
-        settlement_entry=posted[1] if settled else None,
         settled_at=now if settled else None,
     )
-    insert_row(payment)
-    activate_paid_contract(contract=contract, paid_at=notice.paid_at, payer_account=notice.payer_account)
+    log_write = insert_of(log)
+    # Inside _accept's block, which any ledger error fails as a whole: no savepoint of the ledger's own.
+    posted = post_batch(entries=entries, savepoint=False).entries
+    payment.entry = posted[0]
+    payment.settlement_entry = posted[1] if settled else None
+    activate_paid_contract(
+        contract=contract,
+        paid_at=notice.paid_at,
+        payer_account=notice.payer_account,
+        together_with=[insert_of(payment), log_write],
+    )
     return payment
 
 
