@@ -210,6 +210,13 @@ def use_generic_plans() -> None:
             cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
 
 
+def generic_plans_column(vendor: str) -> str:
+    """What ``use_generic_plans()`` does, as an item of a select list: a transaction whose first statement
+    selects it runs the statements after that one on their generic plans, without a round trip of its own
+    (``set_config(…, true)`` is ``SET LOCAL``). ``NULL`` on other databases."""
+    return "set_config('plan_cache_mode', 'force_generic_plan', true)" if vendor == "postgresql" else "NULL"
+
+
 def execute_prepared(
     sql: str, params: Mapping[str, Any] | Sequence[Any], setup: Sequence[str] = ()
 ) -> list[tuple[Any, ...]]:

@@ -47,7 +47,7 @@ from custody.models import (
 from custody.selectors._prepared import ModelColumns, fetch_one, insert_of, load_joined, row_locks
 from custody.services.contracts import activate_paid_contract
 from ledger import clock
-from ledger.backends import use_generic_plans
+from ledger.backends import generic_plans_column
 from ledger.models import Account, AccountType
 from ledger.money import from_minor
 from ledger.services import NewEntry, credit, debit, open_account, post_batch
@@ -108,7 +108,6 @@ def _accept(
     if len(notice.transaction_id) > TRANSACTION_ID_MAX:
         raise _rejected("transaction_id_too_long", "交易号过长", "the transaction id is too long")
     with transaction.atomic():
-        use_generic_plans()
         contract, recorded_payment, clearing = _lock_contract_for_payment(notice)
         existing: Payment | None = None
         if contract is not None and recorded_payment is not None:
@@ -154,7 +153,8 @@ _CLEARING = ModelColumns(Account, "clearing")
 def _lock_contract_sql(vendor: str) -> str:
     return f"""
 SELECT {_CONTRACT.sql}, {_INSTITUTION.sql}, {_CASH.sql}, {_PREPAID.sql}, {_CLEARING.sql},
-       (SELECT p.id FROM custody_payment p WHERE p.channel = %s AND p.transaction_id = %s)
+       (SELECT p.id FROM custody_payment p WHERE p.channel = %s AND p.transaction_id = %s),
+       {generic_plans_column(vendor)}
 FROM custody_contract c
 JOIN custody_institution i ON i.id = c.institution_id
 LEFT JOIN ledger_account cash ON cash.id = i.cash_account_id
@@ -168,14 +168,16 @@ WHERE c.number = %s
 def _lock_contract_for_payment(notice: PaymentNotice) -> tuple[Contract | None, int | None, Account | None]:
     """The contract the notice pays (locked), with its institution, custody and prepaid accounts; the
     payment already recorded for this transaction, if any; and the channel's clearing account (``None``
-    before the channel's first payment). One prepared statement: the happy path's only read."""
+    before the channel's first payment). One prepared statement: the happy path's only read. It also sets
+    the rest of the transaction on generic plans (``generic_plans_column``), for the ledger's posting of a
+    payment and its settlement, whose arrays would otherwise have it planned on every call."""
     row = fetch_one(
         _lock_contract_sql(connection.vendor),
         [notice.channel, notice.transaction_id, f"clearing:{notice.channel}", notice.order_reference],
     )
     if row is None:
         return None, None, None
-    (contract, institution, cash, prepaid, clearing), (recorded_payment,) = load_joined(
+    (contract, institution, cash, prepaid, clearing), (recorded_payment, _) = load_joined(
         row, _CONTRACT, _INSTITUTION, _CASH, _PREPAID, _CLEARING
     )
     contract.institution = institution
