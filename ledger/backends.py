@@ -203,16 +203,26 @@ def use_generic_plans() -> None:
     """Let the current transaction's prepared statements run on their generic plans (PostgreSQL).
 
     PostgreSQL plans a prepared statement afresh on every execution while it estimates a plan made for the
-    actual values to be cheaper, and for the few-row statements of one signing, one payment or one small
-    batch that planning costs more CPU than running them (1.8 ms of 2.9 for a two-entry ledger batch). A
-    transaction made of such statements calls this first; ``SET LOCAL`` ends with it. A large batch posted
-    later in the same transaction switches back to plans sized for its arrays (``post_entries``)."""
-    if connection.vendor == "postgresql":
-        if not connection.in_atomic_block:
+    actual values to be cheaper, which it does for the general posting statement's arrays; for a small batch
+    (a payment and its settlement) that planning costs more CPU than running it (1.8 ms of 2.9 for a
+    two-entry batch). A transaction that posts one calls this first; ``SET LOCAL`` ends with it. (Statements
+    with scalar parameters need not: PostgreSQL settles on their generic plans after five calls.) A large
+    batch posted later in the same transaction switches back to plans sized for its arrays
+    (``post_entries``)."""
+    db = connections[DEFAULT_DB_ALIAS]  # once: see execute_prepared
+    if db.vendor == "postgresql":
+        if not db.in_atomic_block:
             raise RuntimeError("use_generic_plans() needs a transaction: SET LOCAL lasts until it ends")
-        connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as cursor:  # no Django wrapper: see execute_prepared
+        db.ensure_connection()
+        with psycopg.Cursor(db.connection) as cursor:  # no Django wrapper: see execute_prepared
             cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+
+
+def generic_plans_column(vendor: str) -> str:
+    """What ``use_generic_plans()`` does, as an item of a select list: a transaction whose first statement
+    selects it runs the statements after that one on their generic plans, without a round trip of its own
+    (``set_config(…, true)`` is ``SET LOCAL``). ``NULL`` on other databases."""
+    return "set_config('plan_cache_mode', 'force_generic_plan', true)" if vendor == "postgresql" else "NULL"
 
 
 def execute_prepared(

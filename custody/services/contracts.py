@@ -16,7 +16,7 @@ bulk flows use ``_bulk``), always along this table:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 
 from django.db import connection, transaction
@@ -26,12 +26,11 @@ from custody import rules
 from custody.errors import IllegalTransition, RuleViolation
 from custody.models import Contract, ContractState, Course, Student, TrainingCategory
 from custody.selectors import contracts as contract_selectors
-from custody.selectors._prepared import fetch_all, insert_row
+from custody.selectors._prepared import RowWrite, insert_row, write_rows
 from custody.selectors.policy import lock_signing_context
 from custody.services._bulk import reserve_ids
 from custody.services.calendar import local_date
 from ledger import clock
-from ledger.backends import use_generic_plans
 from ledger.models import AccountType
 from ledger.money import to_minor
 from ledger.services import NewAccount, open_new_accounts
@@ -77,8 +76,9 @@ def sign_contract(
         )
     amount_fen = to_minor(amount)
     now = clock.now()
+    # No use_generic_plans(): this transaction's statements take scalar parameters (or two-element arrays),
+    # so PostgreSQL settles on their generic plans by itself after five calls on a connection.
     with transaction.atomic():
-        use_generic_plans()
         context = lock_signing_context(course_id=course.pk, student_id=student.pk)
         course, institution = context.course, context.course.institution
         renewed = Contract.objects.get(pk=renews.pk) if renews is not None else None
@@ -150,15 +150,18 @@ def sign_contract(
     return contract
 
 
-def activate_paid_contract(*, contract: Contract, paid_at: datetime, payer_account: str) -> None:
+def activate_paid_contract(
+    *, contract: Contract, paid_at: datetime, payer_account: str, together_with: Sequence[RowWrite] = ()
+) -> None:
     """awaiting_payment → active, for a contract its payment callback holds locked: records who paid and
-    when, in one prepared statement (``transition_contract`` would lock and read the row again). ``contract``
-    is updated in place."""
+    when (``transition_contract`` would lock and read the row again). The callback passes its own rows in
+    ``together_with`` (the payment, the callback log): on PostgreSQL all of them are one statement
+    (``write_rows``). ``contract`` is updated in place."""
     target = ContractState.ACTIVE
     if target not in CONTRACT_TRANSITIONS[contract.state]:
         raise IllegalTransition("contract", contract.state, target)
     fields = Contract._meta
-    changed = fetch_all(
+    activation = RowWrite(
         "UPDATE custody_contract SET state = %s, paid_at = %s, payer_account = %s "
         "WHERE id = %s AND state = %s RETURNING id",
         [
@@ -169,7 +172,8 @@ def activate_paid_contract(*, contract: Contract, paid_at: datetime, payer_accou
             contract.state,
         ],
     )
-    if len(changed) != 1:
+    changed, *_ = write_rows(activation, *together_with)
+    if changed is None:
         raise RuntimeError(f"contract {contract.number} changed state while locked")
     contract.state, contract.paid_at, contract.payer_account = target, paid_at, payer_account
 

@@ -44,10 +44,10 @@ from custody.models import (
     Payment,
     SupervisionMode,
 )
-from custody.selectors._prepared import ModelColumns, fetch_one, insert_row, load_joined, row_locks
+from custody.selectors._prepared import ModelColumns, fetch_one, insert_of, load_joined, row_locks
 from custody.services.contracts import activate_paid_contract
 from ledger import clock
-from ledger.backends import use_generic_plans
+from ledger.backends import generic_plans_column
 from ledger.models import Account, AccountType
 from ledger.money import from_minor
 from ledger.services import NewEntry, credit, debit, open_account, post_batch
@@ -108,7 +108,6 @@ def _accept(
     if len(notice.transaction_id) > TRANSACTION_ID_MAX:
         raise _rejected("transaction_id_too_long", "交易号过长", "the transaction id is too long")
     with transaction.atomic():
-        use_generic_plans()
         contract, recorded_payment, clearing = _lock_contract_for_payment(notice)
         existing: Payment | None = None
         if contract is not None and recorded_payment is not None:
@@ -130,18 +129,16 @@ def _accept(
         if contract is None:
             raise _rejected("unknown_order", "找不到该订单对应的合同", "no contract has this order reference")
         _check_acceptable(notice, contract)
-        payment = _record(notice, contract, clearing, now=now)
-        insert_row(
-            CallbackLog(
-                channel=notice.channel,
-                received_at=now,
-                outcome=CallbackOutcome.ACCEPTED,
-                transaction_id=notice.transaction_id,
-                body_sha256=hashlib.sha256(body).hexdigest(),
-                body_size=len(body),
-                source_ip=source_ip,
-            )
+        log = CallbackLog(
+            channel=notice.channel,
+            received_at=now,
+            outcome=CallbackOutcome.ACCEPTED,
+            transaction_id=notice.transaction_id,
+            body_sha256=hashlib.sha256(body).hexdigest(),
+            body_size=len(body),
+            source_ip=source_ip,
         )
+        payment = _record(notice, contract, clearing, log, now=now)
     return payment, False
 
 
@@ -156,7 +153,8 @@ _CLEARING = ModelColumns(Account, "clearing")
 def _lock_contract_sql(vendor: str) -> str:
     return f"""
 SELECT {_CONTRACT.sql}, {_INSTITUTION.sql}, {_CASH.sql}, {_PREPAID.sql}, {_CLEARING.sql},
-       (SELECT p.id FROM custody_payment p WHERE p.channel = %s AND p.transaction_id = %s)
+       (SELECT p.id FROM custody_payment p WHERE p.channel = %s AND p.transaction_id = %s),
+       {generic_plans_column(vendor)}
 FROM custody_contract c
 JOIN custody_institution i ON i.id = c.institution_id
 LEFT JOIN ledger_account cash ON cash.id = i.cash_account_id
@@ -170,14 +168,16 @@ WHERE c.number = %s
 def _lock_contract_for_payment(notice: PaymentNotice) -> tuple[Contract | None, int | None, Account | None]:
     """The contract the notice pays (locked), with its institution, custody and prepaid accounts; the
     payment already recorded for this transaction, if any; and the channel's clearing account (``None``
-    before the channel's first payment). One prepared statement: the happy path's only read."""
+    before the channel's first payment). One prepared statement: the happy path's only read. It also sets
+    the rest of the transaction on generic plans (``generic_plans_column``), for the ledger's posting of a
+    payment and its settlement, whose arrays would otherwise have it planned on every call."""
     row = fetch_one(
         _lock_contract_sql(connection.vendor),
         [notice.channel, notice.transaction_id, f"clearing:{notice.channel}", notice.order_reference],
     )
     if row is None:
         return None, None, None
-    (contract, institution, cash, prepaid, clearing), (recorded_payment,) = load_joined(
+    (contract, institution, cash, prepaid, clearing), (recorded_payment, _) = load_joined(
         row, _CONTRACT, _INSTITUTION, _CASH, _PREPAID, _CLEARING
     )
     contract.institution = institution
@@ -234,7 +234,13 @@ def _check_acceptable(notice: PaymentNotice, contract: Contract) -> None:
         )
 
 
-def _record(notice: PaymentNotice, contract: Contract, clearing: Account | None, *, now: datetime) -> Payment:
+def _record(
+    notice: PaymentNotice, contract: Contract, clearing: Account | None, log: CallbackLog, *, now: datetime
+) -> Payment:
+    """Post the payment (and the bank's settlement), then write the payment, the contract's activation and
+    the callback log. Posting locks the channel's clearing account, which every payment of the channel
+    posts to, until the transaction commits; so everything that can be prepared comes before it, and one
+    statement follows it."""
     if contract.prepaid_account is None:
         raise RuntimeError(f"contract {contract.number} has no prepaid account")
     amount = from_minor(notice.amount_fen, "CNY")
@@ -267,8 +273,6 @@ def _record(notice: PaymentNotice, contract: Contract, clearing: Account | None,
                 metadata={"contract": contract.pk},
             )
         )
-    # Inside _accept's block, which any ledger error fails as a whole: no savepoint of the ledger's own.
-    posted = post_batch(entries=entries, savepoint=False).entries
     payment = Payment(
         contract=contract,
         channel=notice.channel,
@@ -279,12 +283,19 @@ def _record(notice: PaymentNotice, contract: Contract, clearing: Account | None,
         received_at=now,
         payer_account=notice.payer_account,
         raw_payload=notice.raw,
-        entry=posted[0],
-        settlement_entry=posted[1] if settled else None,
         settled_at=now if settled else None,
     )
-    insert_row(payment)
-    activate_paid_contract(contract=contract, paid_at=notice.paid_at, payer_account=notice.payer_account)
+    log_write = insert_of(log)
+    # Inside _accept's block, which any ledger error fails as a whole: no savepoint of the ledger's own.
+    posted = post_batch(entries=entries, savepoint=False).entries
+    payment.entry = posted[0]
+    payment.settlement_entry = posted[1] if settled else None
+    activate_paid_contract(
+        contract=contract,
+        paid_at=notice.paid_at,
+        payer_account=notice.payer_account,
+        together_with=[insert_of(payment), log_write],
+    )
     return payment
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from custody.models import CallbackLog, CallbackOutcome, Contract, Payment
-from custody.selectors._prepared import ModelColumns, fetch_one, insert_row
+from custody.selectors._prepared import ModelColumns, RowWrite, fetch_one, insert_of, insert_row, write_rows
 from custody.services.contracts import activate_paid_contract
 from ledger.money import cny
 from ledger.services import open_account, transfer
@@ -84,3 +84,27 @@ def test_the_payer_account_is_stored_encrypted(make_contract: ContractFactory) -
         None,
     )
     assert stored and "6222" not in stored
+
+
+def test_write_rows_runs_independent_writes_and_sets_the_inserted_keys(
+    make_contract: ContractFactory,
+) -> None:
+    contract = make_contract()
+    log = CallbackLog(
+        channel="bank",
+        received_at=datetime(2026, 3, 1, 8, 1, tzinfo=UTC),
+        outcome=CallbackOutcome.ACCEPTED,
+        body_sha256="1" * 64,
+        body_size=4,
+    )
+    renamed = RowWrite(
+        "UPDATE custody_contract SET subject = %s WHERE id = %s RETURNING id", ["物理", contract.pk]
+    )
+    missing = RowWrite("UPDATE custody_contract SET subject = %s WHERE id = %s RETURNING id", ["化学", -1])
+
+    ids = write_rows(renamed, insert_of(log), missing)
+
+    assert ids == [contract.pk, log.pk, None]
+    assert log.pk is not None and log._state.adding is False
+    assert CallbackLog.objects.get(pk=log.pk).body_sha256 == "1" * 64
+    assert Contract.objects.get(pk=contract.pk).subject == "物理"

@@ -80,6 +80,31 @@ def test_a_replayed_callback_returns_the_first_payment_and_posts_nothing(
     ]
 
 
+@pytest.mark.postgres
+def test_a_payment_posts_on_the_generic_plan_of_the_ledger_statement(
+    make_contract: ContractFactory, bank_callback: BankCallbackFactory
+) -> None:
+    """The lock statement sets the transaction on generic plans, so the posting statement (arrays, which
+    PostgreSQL would otherwise plan on every call) is never planned for the payment's values."""
+
+    def plans() -> tuple[int, int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0) "
+                "FROM pg_prepared_statements "
+                "WHERE statement LIKE '%unnest%' AND statement LIKE '%INSERT INTO ledger_entry%'"
+            )
+            generic, custom = cursor.fetchone()
+        return int(generic), int(custom)
+
+    before = plans()
+    for n in range(3):  # one student: three 20-hour contracts reach the 60-hour cap
+        bank_callback(make_contract(), txn=f"BK-generic-{n}").send()
+
+    generic, custom = plans()
+    assert (generic - before[0], custom - before[1]) == (3, 0)
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
