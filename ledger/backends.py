@@ -298,8 +298,16 @@ def insert_accounts(accounts: Sequence[Any]) -> None:
     for account in accounts:
         account.pk = ids[account.code]
         account.created_at = created_at
-        account._state.adding = False
-        account._state.db = connection.alias
+    mark_saved(accounts)
+
+
+def mark_saved(objs: Iterable[Any]) -> None:
+    """Leave model instances that hand-written SQL inserted as ``save()`` leaves them: no longer being added,
+    and read from the default database (the one every hand-written write goes to). Their keys are the
+    caller's to set."""
+    for obj in objs:
+        obj._state.adding = False
+        obj._state.db = DEFAULT_DB_ALIAS
 
 
 def _post_transfer_postgres(spec: EntrySpec) -> dict[str, WrittenEntry]:

@@ -760,8 +760,7 @@ def _insert_holds(rows: Sequence[PendingTransfer], *, now: datetime) -> None:
         ids = dict((key, id_) for id_, key in cursor.fetchall())
     for row in rows:
         row.id = ids[row.idempotency_key]
-        row._state.adding = False
-        row._state.db = connection.alias
+    backends.mark_saved(rows)
 
 
 def _explain_pending_limit(

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from ledger.backends import execute_prepared
+from ledger.backends import execute_prepared, mark_saved
 
 M = TypeVar("M", bound=models.Model)
 
@@ -153,7 +153,8 @@ def write_rows(*writes: RowWrite) -> list[Any]:
         ids = [row[0] if row else None for row in (fetch_one(w.sql, w.params) for w in writes)]
     for write, pk in zip(writes, ids, strict=True):
         if write.inserted is not None:
-            _mark_inserted(write.inserted, pk, db)
+            write.inserted.pk = pk
+            mark_saved([write.inserted])
     return ids
 
 
@@ -171,12 +172,6 @@ def insert_row(obj: M) -> M:
     preparation, the generated primary key set on it), in one prepared statement."""
     write_rows(insert_of(obj))
     return obj
-
-
-def _mark_inserted(obj: models.Model, pk: Any, db: BaseDatabaseWrapper) -> None:
-    obj.pk = pk
-    obj._state.adding = False
-    obj._state.db = db.alias
 
 
 @cache

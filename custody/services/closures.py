@@ -71,6 +71,7 @@ from custody.services.refunds import (
     write_refund_payouts,
 )
 from ledger import clock
+from ledger.backends import mark_saved
 from ledger.models import Account
 from ledger.money import from_minor
 from ledger.services import NewEntry, Resolution, credit, debit, post_batch, resolve_pending_batch
@@ -431,9 +432,7 @@ def _insert_refunds(refunds: Sequence[Refund], *, note: str, now: datetime) -> N
                 [r.payout_due for r in refunds],
             ],
         )
-    for refund in refunds:
-        refund._state.adding = False
-        refund._state.db = connection.alias
+    mark_saved(refunds)
 
 
 def _payout_deadlines(policy_ids: set[int], *, now: datetime) -> dict[tuple[int, bool], date]:

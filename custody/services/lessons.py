@@ -56,6 +56,7 @@ from custody.services._bulk import (
     transition_rows,
 )
 from ledger import clock
+from ledger.backends import mark_saved
 from ledger.models import Account
 from ledger.money import from_minor
 from ledger.services import NewPending, Resolution, create_pending_batch, resolve_pending_batch
@@ -318,8 +319,7 @@ def _insert_lessons(rows: Sequence[Lesson], *, recorded_by: User | None, now: da
                 [r.confirm_deadline for r in rows],
             ],
         )
-    for row in rows:
-        row._state.adding = False
+    mark_saved(rows)
 
 
 def _account(account: Account | None) -> Account:

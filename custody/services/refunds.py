@@ -53,6 +53,7 @@ from custody.services import calendar
 from custody.services._bulk import add_contract_hours, is_postgres, lock_rows, reserve_ids, update_states
 from custody.services.payouts import hold_key, reference_for
 from ledger import clock
+from ledger.backends import mark_saved
 from ledger.models import Account
 from ledger.money import from_minor
 from ledger.services import NewPending, create_pending_batch, transfer
@@ -411,9 +412,7 @@ def _insert_payouts(payouts: Sequence[PayoutInstruction], contract_ids: Sequence
         )
         if cursor.rowcount != len(payouts):
             raise RuntimeError("a refund instruction's contract is missing")
-    for payout in payouts:
-        payout._state.adding = False
-        payout._state.db = connection.alias
+    mark_saved(payouts)
 
 
 def payout_source(institution: Institution) -> Account:
