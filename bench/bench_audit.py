@@ -192,12 +192,13 @@ def _bulk_world(jurisdiction: Any, institution_ids: list[int]) -> None:
             """
             INSERT INTO custody_contract (number, institution_id, course_id, student_id, guardian_id,
                 policy_id, subject, paid_hours, gift_hours, amount_fen, service_starts_on, service_ends_on,
-                state, signed_at, paid_at, payer_account, hours_consumed, hours_pending, paid_hours_refunded)
+                state, signed_at, paid_at, payer_account, hours_consumed, hours_pending, paid_hours_refunded,
+                cancel_reason)
             SELECT 'BA' || lpad(g::text, 10, '0'),
                 (%(institutions)s::bigint[])[1 + g %% %(n_institutions)s],
                 (%(courses)s::bigint[])[1 + g %% %(n_institutions)s],
                 %(student)s, %(guardian)s, %(policy)s, '数学', 20, 0, %(fen)s, DATE '2024-03-01',
-                DATE '2024-05-31', 'active', %(now)s, %(now)s, '', 0, 0, 0
+                DATE '2024-05-31', 'active', %(now)s, %(now)s, '', 0, 0, 0, ''
             FROM generate_series(1, %(n)s) g
             """,
             params,

@@ -73,7 +73,7 @@ from custody.services import (
     refunds,
     reserve,
 )
-from custody.services.contracts import sign_contract, transition_contract
+from custody.services.contracts import cancel_unpaid_contract, lapse_unpaid_contracts, sign_contract
 from custody.services.payments import receive_callback
 from ledger import clock
 from ledger.money import from_minor
@@ -351,7 +351,7 @@ class ContractPlan:
     amount_fen: int
     weekdays: tuple[int, ...]  # when the sessions are
     session_hours: int
-    fate: str = "paid"  # paid, unpaid (never pays), cancelled (the parent cancels the order)
+    fate: str = "paid"  # paid, unpaid (never pays: lapses), cancelled (the parent cancels the order)
     replay: bool = False  # the bank sends its notice twice
     refund: str = ""  # approved, silence, rejected, claimed, late, before_start
     refund_day: int = 0
@@ -642,9 +642,12 @@ class DemoBuilder:
 
         unpaid = max(1, round(len(plans) * 0.03))
         cancelled = max(1, round(len(plans) * 0.01))
-        for _ in range(unpaid):
+        for number in range(unpaid):
             if (plan := pick(lambda p: True)) is not None:
                 plan.fate = "unpaid"
+                if number % 2 == 0:  # signed in the last days: still awaiting payment at the end
+                    self.sign_late(plan, STORY_DAYS - self.rng.randint(1, 5))
+                # the others lapse unpaid after the policy's window (逾期未付款自动取消)
         for _ in range(cancelled):
             if (plan := pick(lambda p: True)) is not None:
                 plan.fate = "cancelled"
@@ -685,16 +688,20 @@ class DemoBuilder:
                 continue
             if self.rng.random() >= LATE_SIGNING_SHARE:
                 continue
-            plan.sign_day = self.rng.randint(LAST_EARLY_SIGN_DAY + 1, STORY_DAYS - 3)
-            plan.starts_on = self.day(plan.sign_day + self.rng.randint(0, 5))
-            length = timedelta(days=self.rng.randint(56, 88))
-            plan.ends_on = min(latest_service_end(plan.starts_on, 3), plan.starts_on + length)
+            self.sign_late(plan, self.rng.randint(LAST_EARLY_SIGN_DAY + 1, STORY_DAYS - 3))
+
+    def sign_late(self, plan: ContractPlan, day: int) -> None:
+        plan.sign_day = day
+        plan.starts_on = self.day(day + self.rng.randint(0, 5))
+        length = timedelta(days=self.rng.randint(56, 88))
+        plan.ends_on = min(latest_service_end(plan.starts_on, 3), plan.starts_on + length)
 
     # --- one day --------------------------------------------------------------------------------------------
 
     def play_day(self, offset: int) -> None:
         self.at(offset, 2, 0)
         lessons.auto_confirm_due_lessons()
+        lapse_unpaid_contracts()
         refunds.approve_unanswered_refunds()
         refunds.instruct_refund_payouts()
         reserve.check_reserves()
@@ -801,7 +808,7 @@ class DemoBuilder:
         for order in self.by_sign_day.get(offset - 1, []):
             if order.fate == "cancelled" and order.contract is not None:
                 # The parent cancels the unpaid order (订单取消).
-                transition_contract(contract=order.contract, to_state=ContractState.CANCELLED)
+                cancel_unpaid_contract(contract=order.contract)
         for school in self.institutions:
             institution = school.institution
             assert institution is not None

@@ -26,6 +26,14 @@ def auto_confirm_lessons() -> int:
     return auto_confirm_due_lessons()
 
 
+@shared_task(name="custody.lapse_unpaid_contracts")
+def lapse_unpaid_contracts() -> int:
+    """Cancel orders left unpaid past their policy's window (逾期未付款自动取消)."""
+    from custody.services.contracts import lapse_unpaid_contracts as lapse
+
+    return lapse()
+
+
 @shared_task(name="custody.run_release_payouts")
 def run_release_payouts() -> int:
     """Instruct the day's release payouts (拨付) to institutions."""

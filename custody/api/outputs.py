@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from custody import pii
 from custody.api.money import MoneyField, SignedMoneyField
+from custody.models import Contract, ContractState
+from custody.services.contracts import unpaid_lapses_at
 
 
 class CourseOutput(serializers.Serializer):
@@ -52,6 +55,12 @@ class ContractOutput(serializers.Serializer):
     signed_at = serializers.DateTimeField()
     paid_at = serializers.DateTimeField(allow_null=True)
     ended_at = serializers.DateTimeField(allow_null=True)
+    cancel_reason = serializers.CharField(
+        help_text="取消原因 why it was cancelled: parent, unpaid (not paid in time), closure; blank otherwise"
+    )
+    lapses_at = serializers.SerializerMethodField(
+        help_text="未付款将于此时自动取消 when the order is cancelled if still unpaid (null once paid)"
+    )
     paid = MoneyField(source="paid_fen", help_text="已付 paid in")
     held = MoneyField(
         source="held_fen", help_text="托管中（含待确认课时）held, incl. lessons awaiting confirmation"
@@ -62,6 +71,12 @@ class ContractOutput(serializers.Serializer):
     consumed = SignedMoneyField(source="consumed_fen", help_text="已消课并拨付 released to the institution")
     refunded = MoneyField(source="refunded_fen", help_text="已批准退费 refunds approved")
     refund_paid = MoneyField(source="refund_paid_fen", help_text="银行已退回 refunds paid back by the bank")
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_lapses_at(self, contract: Contract) -> str | None:
+        if contract.state != ContractState.AWAITING_PAYMENT:
+            return None
+        return serializers.DateTimeField().to_representation(unpaid_lapses_at(contract))
 
 
 class LessonOutput(serializers.Serializer):

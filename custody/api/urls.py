@@ -28,6 +28,11 @@ urlpatterns = [
     path("parent/contracts/", parents.ParentContractsView.as_view(), name="parent-contracts"),
     path("parent/contracts/<int:pk>/", parents.ParentContractDetailView.as_view(), name="parent-contract"),
     path(
+        "parent/contracts/<int:pk>/cancel/",
+        parents.ParentContractCancelView.as_view(),
+        name="parent-contract-cancel",
+    ),
+    path(
         "parent/contracts/<int:pk>/statement/",
         parents.ParentContractStatementView.as_view(),
         name="parent-contract-statement",

@@ -12,7 +12,7 @@ from custody.models.alerts import (
 )
 from custody.models.api import ApiToken, IdempotencyRecord
 from custody.models.audit import AuditEvent, AuditOutcome
-from custody.models.contracts import Contract, ContractState
+from custody.models.contracts import CancelReason, Contract, ContractState
 from custody.models.corrections import CorrectionProposal, CorrectionState
 from custody.models.flows import (
     CallbackLog,
@@ -63,6 +63,7 @@ __all__ = [
     "BankOperator",
     "CallbackLog",
     "CallbackOutcome",
+    "CancelReason",
     "ChargeRefusal",
     "ClassSizeBand",
     "Closure",

@@ -19,6 +19,13 @@ class ContractState(models.TextChoices):
     CANCELLED = "cancelled", "已取消 cancelled"
 
 
+class CancelReason(models.TextChoices):
+    NONE = "", "—"
+    PARENT = "parent", "家长取消 cancelled by the parent"
+    UNPAID = "unpaid", "逾期未付款 not paid in time"
+    CLOSURE = "closure", "机构停办 the institution closed"
+
+
 class Contract(models.Model):
     """One purchase. ``amount_fen`` buys ``paid_hours``; ``gift_hours`` (赠课) have no cash value.
 
@@ -55,6 +62,8 @@ class Contract(models.Model):
     signed_at = models.DateTimeField()
     paid_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # Why a contract was cancelled before it was paid (blank in every other state).
+    cancel_reason = models.CharField(max_length=8, choices=CancelReason.choices, default="", blank=True)
     payer_account = EncryptedTextField(blank=True)  # the account that paid: refunds go back there (原路返回)
     # Hours, kept in step with lessons and refunds in the same transactions (the ledger holds the money).
     hours_consumed = models.PositiveIntegerField(default=0)  # confirmed lessons, paid and gift
@@ -76,6 +85,12 @@ class Contract(models.Model):
             models.Index(fields=["institution", "state"], name="custody_contract_inst_state"),
             models.Index(
                 fields=["renews"], name="custody_contract_renews", condition=Q(renews__isnull=False)
+            ),
+            # The hourly lapse job's look-up: orders awaiting payment are few, so this index stays small.
+            models.Index(
+                fields=["signed_at"],
+                name="custody_contract_unpaid",
+                condition=Q(state=ContractState.AWAITING_PAYMENT),
             ),
         ]
         constraints = [

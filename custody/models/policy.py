@@ -80,6 +80,9 @@ class Policy(models.Model):
     anti_splitting = models.BooleanField(default=True)
     earliest_charge_days_before_start = models.PositiveSmallIntegerField(default=30)
     renewal_max_remaining_hours = models.PositiveIntegerField(default=20)
+    # An order left unpaid this many days after signing is cancelled: it no longer holds hours against the
+    # anti-splitting sum, and a payment arriving later is refused (the bank sends it back).
+    unpaid_contract_lapse_days = models.PositiveSmallIntegerField(default=7)
     # Subject training K-9: price at most guidance price + this markup (发改价格〔2021〕1279号)
     guidance_markup_percent = models.PositiveSmallIntegerField(default=10)
     # Lessons and refunds (national platform)

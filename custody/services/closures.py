@@ -36,6 +36,7 @@ from django.db.models import F
 
 from custody.errors import IllegalTransition, RuleViolation
 from custody.models import (
+    CancelReason,
     Closure,
     ClosureMode,
     ClosureState,
@@ -59,9 +60,8 @@ from custody.services._bulk import (
     lock_rows,
     reserve_ids,
     transition_rows,
-    update_states,
 )
-from custody.services.contracts import CONTRACT_TRANSITIONS
+from custody.services.contracts import cancel_unpaid_orders
 from custody.services.institutions import transition_institution
 from custody.services.lessons import void_key
 from custody.services.refunds import (
@@ -197,21 +197,13 @@ def _start(closure_id: int, *, now: datetime) -> None:
                 institution=institution, to_state=InstitutionState.CLOSING, reason=closure.reason
             )
         # Orders never paid will not be: the institution takes no more payments.
-        if ContractState.CANCELLED not in CONTRACT_TRANSITIONS[ContractState.AWAITING_PAYMENT]:
-            raise RuntimeError("awaiting_payment → cancelled is not a contract transition")
         unpaid = list(
             Contract.objects.filter(
                 institution_id=closure.institution_id, state=ContractState.AWAITING_PAYMENT
             ).values_list("pk", flat=True)
         )
         lock_rows("custody_contract", unpaid)
-        update_states(
-            "custody_contract",
-            unpaid,
-            from_states=[ContractState.AWAITING_PAYMENT],
-            to_state=ContractState.CANCELLED,
-            extra={"ended_at": now},
-        )
+        cancel_unpaid_orders(unpaid, reason=CancelReason.CLOSURE, now=now)
 
 
 def _refund_batch(

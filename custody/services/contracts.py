@@ -6,8 +6,9 @@ anti-splitting sum cannot be raced), in one prepared statement (``lock_signing_c
 ``custody.rules.check_signing``, writes the contract pinned to the policy version, and opens its two ledger
 accounts: ``prepaid:c{pk}`` (liability: paid, not yet earned or refunded) and ``refund_payable:c{pk}``
 (liability: approved refunds awaiting the bank). ``transition_contract`` changes one contract's state
-(``activate_paid_contract`` is its one-statement form for a payment callback that holds the row locked; the
-bulk flows use ``_bulk``), always along this table:
+(``activate_paid_contract`` is its one-statement form for a payment callback that holds the row locked;
+``cancel_unpaid_contract`` and ``lapse_unpaid_contracts`` end orders never paid; the bulk flows use
+``_bulk``), always along this table:
 
     awaiting_payment → active | cancelled
     active → completed | refunded
@@ -16,19 +17,20 @@ bulk flows use ``_bulk``), always along this table:
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from django.db import connection, transaction
 from moneyed import Money
 
 from custody import rules
 from custody.errors import IllegalTransition, RuleViolation
-from custody.models import Contract, ContractState, Course, Student, TrainingCategory
+from custody.models import CancelReason, Contract, ContractState, Course, Policy, Student, TrainingCategory
 from custody.selectors import contracts as contract_selectors
 from custody.selectors._prepared import RowWrite, insert_row, write_rows
 from custody.selectors.policy import lock_signing_context
-from custody.services._bulk import reserve_ids
+from custody.services._bulk import reserve_ids, update_states
 from custody.services.calendar import local_date
 from ledger import clock
 from ledger.models import AccountType
@@ -201,3 +203,66 @@ def transition_contract(*, contract: Contract, to_state: ContractState) -> Contr
     for name in changed:
         setattr(contract, name, getattr(locked, name))
     return contract
+
+
+def unpaid_lapses_at(contract: Contract) -> datetime:
+    """When an order still awaiting payment is cancelled (the policy it was signed under says how long)."""
+    return contract.signed_at + timedelta(days=contract.policy.unpaid_contract_lapse_days)
+
+
+def cancel_unpaid_contract(*, contract: Contract) -> Contract:
+    """The parent withdraws an order before paying for it (awaiting_payment → cancelled). Nothing was paid, so
+    no money moves; a paid contract ends by a refund claim instead. ``contract`` is updated in place."""
+    now = clock.now()
+    with transaction.atomic():
+        locked = Contract.objects.select_for_update().get(pk=contract.pk)
+        if locked.state != ContractState.AWAITING_PAYMENT:
+            state = ContractState(locked.state)
+            raise RuleViolation(
+                "cancel_unpaid_only",
+                f"合同状态为{state.label}，只有待支付的合同可以取消；已付款的合同请申请退费 "
+                "only a contract awaiting payment can be cancelled; claim a refund for a paid one",
+                state=locked.state,
+            )
+        cancel_unpaid_orders([locked.pk], reason=CancelReason.PARENT, now=now)
+    contract.state, contract.ended_at = ContractState.CANCELLED, now
+    contract.cancel_reason = CancelReason.PARENT
+    return contract
+
+
+def lapse_unpaid_contracts(*, now: datetime | None = None) -> int:
+    """Cancel every order left unpaid past its policy's window (逾期未付款自动取消), so it no longer counts
+    against the anti-splitting sum; a payment arriving later is refused. Returns how many lapsed.
+
+    Safe to run twice and against a payment callback: the update's own ``state`` guard leaves an order that
+    was paid meanwhile alone (PostgreSQL re-checks it on the row a concurrent payment committed)."""
+    moment = now or clock.now()
+    policies_by_window: dict[int, list[int]] = defaultdict(list)
+    for policy_id, days in Policy.objects.values_list("pk", "unpaid_contract_lapse_days"):
+        policies_by_window[days].append(policy_id)
+    lapsed = 0
+    for days, policy_ids in sorted(policies_by_window.items()):
+        with transaction.atomic():
+            due = list(
+                Contract.objects.filter(
+                    state=ContractState.AWAITING_PAYMENT,
+                    signed_at__lte=moment - timedelta(days=days),
+                    policy_id__in=policy_ids,
+                ).values_list("pk", flat=True)
+            )
+            lapsed += cancel_unpaid_orders(due, reason=CancelReason.UNPAID, now=moment)
+    return lapsed
+
+
+def cancel_unpaid_orders(contract_ids: Sequence[int], *, reason: CancelReason, now: datetime) -> int:
+    """awaiting_payment → cancelled for these contracts, saying why; any other state is left alone (the
+    update's guard). Returns how many changed."""
+    if ContractState.CANCELLED not in CONTRACT_TRANSITIONS[ContractState.AWAITING_PAYMENT]:
+        raise RuntimeError("awaiting_payment → cancelled is not a contract transition")
+    return update_states(
+        "custody_contract",
+        contract_ids,
+        from_states=[ContractState.AWAITING_PAYMENT],
+        to_state=ContractState.CANCELLED,
+        extra={"ended_at": now, "cancel_reason": reason.value},
+    )

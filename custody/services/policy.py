@@ -50,6 +50,7 @@ EDITABLE_INTEGERS: Mapping[str, _IntRule] = {
     "non_subject_max_charge_fen": _IntRule(1, _BIGINT_MAX),
     "earliest_charge_days_before_start": _IntRule(0, _SMALLINT_MAX),
     "renewal_max_remaining_hours": _IntRule(0, _INT_MAX),
+    "unpaid_contract_lapse_days": _IntRule(1, 365),
     "guidance_markup_percent": _IntRule(0, 100),
     "lesson_auto_confirm_working_days": _IntRule(1, _SMALLINT_MAX),
     "refund_answer_working_days": _IntRule(1, _SMALLINT_MAX),

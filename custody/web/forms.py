@@ -278,6 +278,7 @@ POLICY_INTEGERS: dict[str, Any] = {
     "max_paid_hours": _("单次收费最多课时"),
     "earliest_charge_days_before_start": _("最早可在开课前多少天收费"),
     "renewal_max_remaining_hours": _("剩余课时不超过多少时可续费"),
+    "unpaid_contract_lapse_days": _("未付款合同自动取消（天）"),
     "guidance_markup_percent": _("学科类价格上浮上限（%）"),
     "lesson_auto_confirm_working_days": _("课时逾期默认确认（工作日）"),
     "refund_answer_working_days": _("机构答复退费期限（工作日）"),

@@ -27,6 +27,7 @@ from custody.selectors.checkpoints import contract_liability_proof, latest_custo
 from custody.selectors.holdings import holdings_of_guardian, with_money
 from custody.selectors.lessons import lessons_of
 from custody.selectors.refunds import open_refund, refund_quote
+from custody.services.contracts import cancel_unpaid_contract, unpaid_lapses_at
 from custody.services.lessons import confirm_lesson, dispute_lesson
 from custody.services.refunds import claim_refund
 from custody.web.base import actor_of, is_htmx, role_required
@@ -42,7 +43,9 @@ def _guardian_id(request: HttpRequest) -> int:
 
 def _contracts(request: HttpRequest) -> QuerySet[Contract]:
     return with_money(
-        Contract.objects.filter(guardian_id=_guardian_id(request)).select_related("institution", "course")
+        Contract.objects.filter(guardian_id=_guardian_id(request)).select_related(
+            "institution", "course", "policy"
+        )
     )
 
 
@@ -85,6 +88,9 @@ def _contract_context(request: HttpRequest, contract: Contract, **extra: Any) ->
         "quote": refund_quote(contract) if claimable else None,
         "claim_form": RefundClaimForm(initial={"key": uuid.uuid4().hex}) if claimable else None,
         "dispute_form": DisputeForm(),
+        "lapses_at": (
+            unpaid_lapses_at(contract) if contract.state == ContractState.AWAITING_PAYMENT else None
+        ),
     }
     context.update(extra)
     return context
@@ -168,6 +174,22 @@ def refund_claim(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect("web:parent-contract", pk=contract.pk)
     context = _contract_context(request, contract, claim_form=form)
     return render(request, "custody/web/parents/contract.html", context)
+
+
+@role_required(IsParent)
+@require_POST
+def contract_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    contract = own_or_404(_contracts(request), pk)
+    if contract.state == ContractState.CANCELLED:  # a second click of the same button
+        messages.info(request, _("合同已取消。"))
+        return redirect("web:parent-contract", pk=contract.pk)
+    try:
+        cancel_unpaid_contract(contract=contract)
+    except CustodyError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, _("合同已取消，没有发生任何扣款。"))
+    return redirect("web:parent-contract", pk=contract.pk)
 
 
 @role_required(IsParent)

@@ -17,6 +17,7 @@ urlpatterns = [
     path("parent/", parents.home, name="parent-home"),
     path("parent/contracts/<int:pk>/", parents.contract_detail, name="parent-contract"),
     path("parent/contracts/<int:pk>/refund/", parents.refund_claim, name="parent-refund-claim"),
+    path("parent/contracts/<int:pk>/cancel/", parents.contract_cancel, name="parent-contract-cancel"),
     path("parent/contracts/<int:pk>/proof/", parents.contract_proof, name="parent-proof"),
     path("parent/lessons/<int:pk>/confirm/", parents.lesson_confirm, name="parent-lesson-confirm"),
     path("parent/lessons/<int:pk>/dispute/", parents.lesson_dispute, name="parent-lesson-dispute"),

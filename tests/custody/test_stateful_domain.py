@@ -4,10 +4,11 @@ after every step.
 Each example sets up a district (a subject institution and a non-subject one in bank custody, a non-subject
 one with a risk reserve, a course each, three students) and runs a random program through the services only:
 sign contracts (many of them over a cap), pay through signed custody-bank callbacks (some for the wrong
-amount), replay callbacks (byte for byte, or re-signed by the bank), record lessons, confirm, dispute,
-resolve, move business time (auto-confirmation and approval by silence), claim and answer refunds, instruct
-refunds, run release payouts, answer payouts as the bank, freeze and unfreeze, order closures (planned and
-abnormal) and run them twice, run every job twice, and replay idempotent requests.
+amount), replay callbacks (byte for byte, or re-signed by the bank), cancel unpaid orders, record lessons,
+confirm, dispute, resolve, move business time (auto-confirmation, approval by silence, unpaid orders
+lapsing), claim and answer refunds, instruct refunds, run release payouts, answer payouts as the bank, freeze
+and unfreeze, order closures (planned and abnormal) and run them twice, run every job twice, and replay
+idempotent requests.
 
 After every step (``@invariant``), numbered as in DESIGN.md section 6:
 
@@ -90,7 +91,12 @@ from custody.rules import latest_service_end
 from custody.selectors.balances import custody_invariant
 from custody.services import closures, institutions, lessons, payouts, refunds, reserve
 from custody.services.calendar import local_date
-from custody.services.contracts import sign_contract
+from custody.services.contracts import (
+    cancel_unpaid_contract,
+    lapse_unpaid_contracts,
+    sign_contract,
+    unpaid_lapses_at,
+)
 from custody.services.courses import publish_course
 from custody.services.payments import receive_callback
 from custody.services.people import add_student, id_number_check_character, register_guardian
@@ -448,6 +454,9 @@ class DomainMachine(RuleBasedStateMachine):
         clock.advance(timedelta(days=days, hours=hours))
         lessons.auto_confirm_due_lessons()
         refunds.approve_unanswered_refunds()
+        lapse_unpaid_contracts()
+        for order in Contract.objects.filter(state=ContractState.AWAITING_PAYMENT).select_related("policy"):
+            assert unpaid_lapses_at(order) > clock.now(), f"{order.number} outlived its payment window"
         assert not Lesson.objects.filter(
             state=LessonState.PENDING,
             confirm_deadline__lte=clock.now(),
@@ -457,6 +466,7 @@ class DomainMachine(RuleBasedStateMachine):
 
     def run_jobs(self) -> None:
         lessons.auto_confirm_due_lessons()
+        lapse_unpaid_contracts()
         refunds.approve_unanswered_refunds()
         refunds.instruct_refund_payouts()
         payouts.run_release_payouts()
@@ -470,6 +480,16 @@ class DomainMachine(RuleBasedStateMachine):
     def run_jobs_twice(self) -> None:
         self.run_jobs()
         self.unchanged(self.run_jobs, "running every job a second time")
+
+    @precondition(lambda self: Contract.objects.exists())
+    @rule(pick=picks)
+    def cancel_order(self, pick: int) -> None:
+        contract = self.pick(self.contracts(), pick)
+        awaiting = contract.state == ContractState.AWAITING_PAYMENT
+        entries = Entry.objects.count()
+        cancelled = self.attempt(lambda: cancel_unpaid_contract(contract=contract))
+        assert (cancelled is not None) == awaiting, "only an order awaiting payment can be cancelled"
+        assert Entry.objects.count() == entries, "cancelling an order moved money"
 
     # --- refunds --------------------------------------------------------------------------------------------
 

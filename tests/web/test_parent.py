@@ -4,10 +4,12 @@ follows it, checks the proof of liabilities in the page, and downloads the PDF s
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import expect
 
 from custody.models import Lesson, LessonState, Refund, RefundState
@@ -90,3 +92,36 @@ def test_the_english_switch_translates_the_parent_pages(district: District, brow
     expect(b.page.locator("h1")).to_have_text("My children and contracts")
     expect(b.page.locator("html")).to_have_attribute("lang", "en")
     b.check("home-en")
+
+
+def test_parent_sees_how_to_pay_an_order_and_cancels_it(district: District, browser_for: Any) -> None:
+    from custody.models import Contract, ContractState
+    from custody.services.contracts import sign_contract, unpaid_lapses_at
+    from ledger.money import cny
+
+    order = sign_contract(
+        course=district.other_course,
+        student=district.contracts[0].student,
+        paid_hours=10,
+        amount=cny("800.00"),
+        service_starts_on=district.other_course.starts_on,
+        service_ends_on=district.other_course.starts_on + timedelta(days=30),
+    )
+    b = browser_for("parent-order")
+    b.demo_login("parent")
+    b.goto(f"/parent/contracts/{order.pk}/")
+    pay = b.page.locator("#pay")
+    expect(pay).to_contain_text(order.number)
+    expect(pay).to_contain_text("¥800.00")
+    deadline = timezone.localtime(unpaid_lapses_at(order)).strftime("%Y-%m-%d %H:%M")
+    expect(pay).to_contain_text(f"{deadline} 前未付款，合同自动取消")
+    b.check("order")
+
+    pay.get_by_role("button", name="取消合同（不再付款）").click()
+    expect(b.page.locator(".msg.success")).to_contain_text("合同已取消")
+    expect(b.page.locator("p.muted")).to_contain_text("家长取消")
+    expect(b.page.locator("#pay")).to_have_count(0)
+    order.refresh_from_db()
+    assert (order.state, order.cancel_reason) == (ContractState.CANCELLED, "parent")
+    assert Contract.objects.filter(pk=order.pk, ended_at__isnull=False).exists()
+    b.check("order-cancelled")

@@ -53,7 +53,7 @@ from custody.models import (
 from custody.selectors.holdings import Holdings, holdings_of_guardian, with_money
 from custody.selectors.statements import contract_statement
 from custody.services.alerts import record_charge_refusal
-from custody.services.contracts import sign_contract
+from custody.services.contracts import cancel_unpaid_contract, sign_contract
 from custody.services.lessons import confirm_lesson, dispute_lesson
 from custody.services.people import add_student
 from custody.services.refunds import claim_refund
@@ -242,6 +242,21 @@ class ParentContractDetailView(ApiDetailView):
 
     def get_queryset(self) -> QuerySet[Contract]:
         return _contracts(self.guardian_id).prefetch_related("payments")
+
+
+class ParentContractCancelView(ApiView):
+    """取消未付款合同 Withdraw an order before paying it (nothing was paid, so no money moves). A paid
+    contract is ended by a refund claim instead."""
+
+    permission_classes = (IsParent,)
+
+    @extend_schema(request=None, responses={200: ContractOutput})
+    @idempotent("contract.cancel")
+    def post(self, request: Request, pk: int) -> Response:
+        contract = own_or_404(Contract.objects.filter(guardian_id=self.guardian_id), pk)
+        cancel_unpaid_contract(contract=contract)
+        self.audit(target=contract)
+        return Response(ContractOutput(_contracts(self.guardian_id).get(pk=pk)).data)
 
 
 class StatementLineOutput(serializers.Serializer):

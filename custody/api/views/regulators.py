@@ -281,6 +281,7 @@ class PolicyOutput(serializers.Serializer):
     anti_splitting = serializers.BooleanField()
     earliest_charge_days_before_start = serializers.IntegerField()
     renewal_max_remaining_hours = serializers.IntegerField()
+    unpaid_contract_lapse_days = serializers.IntegerField()
     guidance_markup_percent = serializers.IntegerField()
     lesson_auto_confirm_working_days = serializers.IntegerField()
     refund_answer_working_days = serializers.IntegerField()

@@ -47,6 +47,12 @@ SCHEDULE: tuple[Job, ...] = (
         description="逾期默认确认课时 confirm lessons past their deadline, every 15 minutes",
     ),
     Job(
+        "custody: lapse unpaid contracts",
+        "custody.lapse_unpaid_contracts",
+        minute="25",
+        description="逾期未付款的合同自动取消 cancel orders left unpaid past the policy's window, hourly",
+    ),
+    Job(
         "custody: approve unanswered refunds",
         "custody.approve_unanswered_refunds",
         minute="5",

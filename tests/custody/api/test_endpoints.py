@@ -5,7 +5,7 @@ channels' signed callbacks."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -383,6 +383,42 @@ def test_a_parent_signs_and_claims_a_refund(world: World) -> None:
         201,
     )
     assert claimed["state"] == "claimed" and claimed["contract_number"] == world.contract.number
+
+
+def test_a_parent_cancels_an_order_before_paying_but_not_a_paid_contract(world: World) -> None:
+    parent = world.client("parent")
+    order = ok(
+        parent.post(
+            "/api/v1/parent/contracts/",
+            {
+                "course": world.course.pk,
+                "student": world.student.pk,
+                "paid_hours": 5,
+                "amount": money("400.00"),
+                "service_starts_on": str(world.course.starts_on),
+                "service_ends_on": str(world.course.starts_on + timedelta(days=30)),
+            },
+            format="json",
+            **idem(),
+        ),
+        201,
+    )
+    signed_at = Contract.objects.get(pk=order["id"]).signed_at
+    assert datetime.fromisoformat(order["lapses_at"]) == signed_at + timedelta(days=7)
+    assert order["cancel_reason"] == ""
+
+    cancelled = ok(parent.post(f"/api/v1/parent/contracts/{order['id']}/cancel/", **idem()))
+    assert (cancelled["state"], cancelled["cancel_reason"], cancelled["lapses_at"]) == (
+        "cancelled",
+        "parent",
+        None,
+    )
+    assert cancelled["paid"] == money("0.00") and cancelled["ended_at"] is not None
+
+    paid = parent.post(f"/api/v1/parent/contracts/{world.contract.pk}/cancel/", **idem())
+    assert paid.status_code == 422, paid.content
+    assert paid.json()["error"]["details"]["rule"] == "cancel_unpaid_only"
+    assert Contract.objects.get(pk=world.contract.pk).state == ContractState.ACTIVE
 
 
 # --- the custody bank ---------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
     "api:parent-contracts": {"GET": {"parent"}, "POST": {"parent"}},
     "api:parent-contract": {"GET": {"parent"}},
     "api:parent-contract-statement": {"GET": {"parent"}},
+    "api:parent-contract-cancel": {"POST": {"parent"}},
     "api:parent-balance": {"GET": {"parent"}},
     "api:parent-lessons": {"GET": {"parent"}},
     "api:parent-lesson-confirm": {"POST": {"parent"}},
@@ -98,6 +99,7 @@ Kwargs = Callable[[World], dict[str, Any]]
 OWN_AND_OTHER: dict[str, tuple[Kwargs, Kwargs]] = {
     "api:parent-contract": (lambda w: {"pk": w.contract.pk}, lambda w: {"pk": w.other_contract.pk}),
     "api:parent-contract-statement": (lambda w: {"pk": w.contract.pk}, lambda w: {"pk": w.other_contract.pk}),
+    "api:parent-contract-cancel": (lambda w: {"pk": w.contract.pk}, lambda w: {"pk": w.other_contract.pk}),
     "api:parent-lesson-confirm": (lambda w: {"pk": w.lesson.pk}, lambda w: {"pk": w.other_lesson.pk}),
     "api:parent-lesson-dispute": (lambda w: {"pk": w.lesson.pk}, lambda w: {"pk": w.other_lesson.pk}),
     "api:institution-contract": (lambda w: {"pk": w.contract.pk}, lambda w: {"pk": w.other_contract.pk}),
