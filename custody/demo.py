@@ -7,7 +7,9 @@ publish courses within their caps, parents sign contracts and pay through **sign
 (the dev bank key), lessons are recorded, confirmed by parents or by silence, disputed and resolved, refunds
 are claimed, answered, approved by silence and paid back, release payouts are instructed daily and executed
 by the bank, one institution closes in a planned way (announced) and one absconds (跑路) and is refunded to
-completion.
+completion. In the last week the custody bank also keeps its own book (``reconciliation.simulator``) and its
+daily statements are reconciled: every day ties out except where the bank took a fee or booked an unknown
+credit, which wait in the break queue.
 
 Every row comes from a service, so the books are exactly what production would write: ``verify_ledger`` passes
 and every institution's custody invariant holds (checked at the end). Names, ID numbers (with valid MOD 11-2
@@ -76,12 +78,17 @@ from custody.services import (
 from custody.services.contracts import cancel_unpaid_contract, lapse_unpaid_contracts, sign_contract
 from custody.services.payments import receive_callback
 from ledger import clock
+from ledger.models import Account
 from ledger.money import from_minor
+from reconciliation.services.imports import import_statement
+from reconciliation.services.runs import reconcile_statement
+from reconciliation.simulator import CustodyBankSimulator, Fault, FaultKind
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 STORY_DAYS = 80  # from the first registration to ``end_date``
 LAST_EARLY_SIGN_DAY = 48  # most contracts are signed in the first seven weeks, when the courses start
 LATE_SIGNING_SHARE = 0.3  # of the ordinary paid contracts, signed later (up to the story's last days)
+RECONCILED_DAYS = 7  # the custody bank's daily statements of the story's last week, reconciled (对账)
 
 Progress = Callable[[str], None]
 
@@ -391,6 +398,7 @@ class DemoBuilder:
         self.dispute_fates: set[str] = set()
         self.disputes_planned = 0
         self.txn_serial = 0
+        self.bank_book: CustodyBankSimulator | None = None  # the bank's own book, for the reconciled days
 
     # --- helpers --------------------------------------------------------------------------------------------
 
@@ -420,12 +428,13 @@ class DemoBuilder:
                 f"[3/6] 模拟{STORY_DAYS}天 simulating {STORY_DAYS} days, {self.first_day} .. {self.end_date}"
             )
             for offset in range(STORY_DAYS + 1):
-                self.play_day(offset)
+                self.play(offset)
                 if offset % 10 == 0 or offset == STORY_DAYS:
                     self.progress(
                         f"      day {offset:>2}/{STORY_DAYS} {self.day(offset)}: {self.brief_counts()}"
                     )
             self.at(STORY_DAYS, 22, 0)
+            self.reconcile()
             self.finish()
         return self.summary
 
@@ -698,6 +707,18 @@ class DemoBuilder:
 
     # --- one day --------------------------------------------------------------------------------------------
 
+    def play(self, offset: int) -> None:
+        """One story day; in the last week inside the bank's day (its statements are written at its end)."""
+        if offset == STORY_DAYS + 1 - RECONCILED_DAYS:
+            self.open_bank_book()
+        if self.bank_book is None:
+            self.play_day(offset)
+            return
+        with self.bank_book.day(
+            self.day(offset), faults=self.bank_faults(offset), execute=False, settle_channels=False
+        ):
+            self.play_day(offset)
+
     def play_day(self, offset: int) -> None:
         self.at(offset, 2, 0)
         lessons.auto_confirm_due_lessons()
@@ -877,13 +898,17 @@ class DemoBuilder:
 
     def bank_executes(self, offset: int) -> None:
         """The custody bank executes yesterday's instructions (T+1; refunds T+2). One release payout fails
-        once (the payee's account details were wrong) and is instructed again by the next run."""
+        once (the payee's account details were wrong) and is instructed again by the next run. On the
+        reconciled days the bank's book executes those of its accounts, so that its statements show them."""
         today = datetime.combine(self.day(offset), time(0, 0), tzinfo=SHANGHAI)
         due = PayoutInstruction.objects.filter(state=PayoutState.INSTRUCTED).filter(
             Q(kind=PayoutKind.RELEASE, instructed_at__lt=today)
             | Q(kind=PayoutKind.REFUND, instructed_at__lt=today - timedelta(days=1))
         )
-        for payout_id, reference, kind in due.order_by("pk").values_list("pk", "reference", "kind"):
+        booked = set(self.bank_book.institution_ids) if self.bank_book is not None else set()
+        by_the_book: list[int] = []
+        rows = due.order_by("pk").values_list("pk", "reference", "kind", "institution_id")
+        for payout_id, reference, kind, institution_id in rows:
             if kind == PayoutKind.RELEASE and not self.failed_release_done and offset >= 30:
                 self.failed_release_done = True
                 payouts.record_payout_result(
@@ -892,11 +917,60 @@ class DemoBuilder:
                     reason="收款账户户名与账号不符，退回 the payee's name does not match the account",
                 )
                 continue
+            if institution_id in booked:
+                by_the_book.append(payout_id)
+                continue
             payouts.record_payout_result(
                 reference=reference,
                 executed=True,
                 bank_reference=f"BK{self.day(offset):%Y%m%d}{payout_id:08d}",
             )
+        if self.bank_book is not None and by_the_book:
+            self.bank_book.execute_instructions(only=by_the_book)
+
+    # --- the last week: the custody bank's statements, reconciled -------------------------------------------
+
+    def open_bank_book(self) -> None:
+        """From here on the custody bank keeps its own book of the institutions' supervised accounts and
+        writes a statement per account and day (risk-reserve institutions keep parents' money in their own
+        accounts, so only full-custody ones). It opens at what the ledger has posted, as a bank's books
+        would when reconciliation starts."""
+        schools = [
+            s.institution
+            for s in self.institutions
+            if s.institution is not None and s.institution.supervision_mode == SupervisionMode.CUSTODY
+        ]
+        opening = {
+            account.code: account.signed_balance(account.debits_posted, account.credits_posted)
+            for account in Account.objects.filter(code__in=[f"custody_cash:i{i.pk}" for i in schools])
+        }
+        self.bank_book = CustodyBankSimulator(
+            institutions=schools,
+            seed=self.options.seed,
+            opening_balances={i.pk: opening.get(f"custody_cash:i{i.pk}", 0) for i in schools},
+        )
+
+    def bank_faults(self, offset: int) -> list[Fault]:
+        """What goes wrong at the bank in the last week, for the regulator's break queue: an account fee
+        nobody instructed, and a transfer quoting a contract number that does not exist."""
+        assert self.bank_book is not None
+        home, other = self.bank_book.institution_ids[0], self.bank_book.institution_ids[-1]
+        if offset == STORY_DAYS - 2:
+            return [Fault(FaultKind.BANK_FEE, institution=home, amount_fen=2_000)]
+        if offset == STORY_DAYS - 4:
+            return [Fault(FaultKind.UNKNOWN_REFERENCE, institution=other, amount_fen=360_000)]
+        return []
+
+    def reconcile(self) -> None:
+        if self.bank_book is None:
+            return
+        deliveries = self.bank_book.deliveries(fmt="csv")
+        self.progress(
+            f"      对账 reconciling {len(deliveries)} bank statements of the last {RECONCILED_DAYS} days"
+        )
+        for delivery in deliveries:
+            imported = import_statement(data=delivery.data, filename=delivery.filename)
+            reconcile_statement(statement=imported.statement)
 
     def record_lessons(self, offset: int) -> None:
         today = self.day(offset)
@@ -1139,7 +1213,7 @@ def demo_counts() -> dict[str, dict[str, int]]:
 
 def database_is_empty() -> bool:
     """No custody or ledger data at all (the ledger is append-only: the demo only goes into an empty one)."""
-    from ledger.models import Account, Entry
+    from ledger.models import Entry
 
     return not (
         Jurisdiction.objects.exists()

@@ -36,7 +36,7 @@ import contextlib
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from enum import StrEnum
@@ -181,7 +181,14 @@ class CustodyBankSimulator:
         self.out_of_sequence: set[tuple[int, date]] = set()
         self._serial = 0
         self._transfers = 0
-        self._booked_payments: set[int] = set()
+        # Bank-channel payments settled before the book opens are in its opening balances, not new credits.
+        self._booked_payments: set[int] = set(
+            Payment.objects.filter(
+                contract__institution_id__in=self.institution_ids,
+                channel=BANK_CHANNEL,
+                settlement_entry__isnull=False,
+            ).values_list("pk", flat=True)
+        )
         self._carried: list[Booking] = []  # booked late: on the next day
         self._today: date | None = None
         self._bookings: list[Booking] = []
@@ -253,19 +260,21 @@ class CustodyBankSimulator:
         headers = sign_bank_callback(self.bank_key, self.key_id, body, clock.now())
         return receive_callback(channel=BANK_CHANNEL, headers=headers, body=body, source_ip="127.0.0.1")
 
-    def execute_instructions(self, *, fail: Sequence[str] = ()) -> list[PayoutInstruction]:
-        """Answer every open instruction of the simulated institutions: executed and booked, or (the
-        references in ``fail``) refused, which voids its hold."""
+    def execute_instructions(
+        self, *, fail: Sequence[str] = (), only: Collection[int] | None = None
+    ) -> list[PayoutInstruction]:
+        """Answer every open instruction of the simulated institutions (or those of them whose ids are in
+        ``only``): executed and booked, or (the references in ``fail``) refused, which voids its hold."""
         day = self._require_day()
         self._book_bank_payments()  # what came in before, first: the book keeps the order things happened in
-        open_ones = list(
-            PayoutInstruction.objects.filter(
-                institution_id__in=self.institution_ids, state=PayoutState.INSTRUCTED
-            ).order_by("pk")
+        open_ones = PayoutInstruction.objects.filter(
+            institution_id__in=self.institution_ids, state=PayoutState.INSTRUCTED
         )
+        if only is not None:
+            open_ones = open_ones.filter(pk__in=only)
         batches: dict[int, list[PayoutInstruction]] = defaultdict(list)
         executed = []
-        for payout in open_ones:
+        for payout in list(open_ones.order_by("pk")):
             if payout.reference in fail:
                 record_payout_result(
                     reference=payout.reference,

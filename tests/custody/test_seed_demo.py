@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
 from datetime import date
 from typing import Any
 
@@ -20,7 +21,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 
-from custody.demo import demo_counts, luhn_complete
+from custody.demo import RECONCILED_DAYS, demo_counts, luhn_complete
 from custody.models import (
     CallbackLog,
     CallbackOutcome,
@@ -37,12 +38,14 @@ from custody.models import (
     Refund,
     RefundReason,
     Student,
+    SupervisionMode,
 )
 from custody.selectors.balances import contract_position, custody_invariant
 from custody.services.people import normalise_id_number, normalise_phone
 from custody.services.policy import ensure_jurisdiction
 from ledger import verification
 from ledger.models import Entry
+from reconciliation.models import BankStatement, Break, BreakKind, TieOut
 
 pytestmark = pytest.mark.django_db
 
@@ -137,6 +140,19 @@ def test_the_demo_has_every_state_and_its_books_verify(settings: Any) -> None:
         assert contract.hours_consumed + contract.hours_pending + contract.paid_hours_refunded <= (
             contract.total_hours
         )
+
+    # The custody bank's statements of the last week are reconciled: every day of every full-custody account
+    # ties out, except where the bank did what the ledger never saw (the two faults the story plants).
+    custody_accounts = Institution.objects.filter(supervision_mode=SupervisionMode.CUSTODY).count()
+    assert BankStatement.objects.count() == RECONCILED_DAYS * custody_accounts
+    assert sorted(Break.objects.values_list("kind", "amount_fen")) == [
+        (BreakKind.FEE, 2_000),
+        (BreakKind.UNMATCHED_LINE, -360_000),
+    ]
+    # The unknown credit (4 days before the end) and the fee (2 days before) stay in the bank's balance: those
+    # accounts' days from then on are explained by their breaks, 5 + 3 of them.
+    ties = Counter(TieOut.objects.values_list("status", flat=True))
+    assert ties == {"tied": BankStatement.objects.count() - 8, "explained": 8}
 
     # The abnormal closure ran to completion: nothing prepaid is left, one closure refund per contract
     # with value.

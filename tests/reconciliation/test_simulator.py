@@ -16,7 +16,7 @@ from ledger.money import to_minor
 from ledger.selectors import balance_at
 from reconciliation.formats import parse_statement
 from reconciliation.models import DayCut
-from reconciliation.simulator import Fault, FaultKind, SimulatorError
+from reconciliation.simulator import CustodyBankSimulator, Fault, FaultKind, SimulatorError
 from tests.reconciliation.conftest import DAY1, World
 
 pytestmark = pytest.mark.django_db
@@ -190,3 +190,29 @@ def test_misuse_is_refused(world_factory: Any) -> None:
         pass
     with pytest.raises(SimulatorError), world.bank.day(DAY2, faults=[Fault(FaultKind.AMOUNT_OFF)]):
         pass  # nothing booked to change
+
+
+def test_a_book_opened_later_starts_from_what_was_paid_and_executes_only_what_it_is_told(
+    world_factory: Any, bank_key: Any
+) -> None:
+    world: World = world_factory(1)
+    school = world.institutions[0]
+    with world.bank.day(DAY1, execute=False):
+        contract = world.contract(school)
+        world.pay_bank(contract)
+        world.consume(contract, 2)
+        first, *_ = world.release(school)
+    # A second book opened now (a bank's books when reconciliation starts): the payment is in its opening
+    # balance, not a new credit.
+    later = CustodyBankSimulator(
+        institutions=[school], bank_key=bank_key, key_id="bank-test", opening_balances={school.pk: 80_000}
+    )
+    with later.day(DAY2, execute=False) as bank:
+        world.consume(contract, 1)
+        second, *_ = world.release(school)
+        assert [p.pk for p in bank.execute_instructions(only=[second.pk])] == [second.pk]
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.state, second.state) == (PayoutState.INSTRUCTED, PayoutState.EXECUTED)
+    assert [line.amount_fen for line in later.statement(school, DAY2).lines] == [-second.amount_fen]
+    assert later.balance(school) == 80_000 - second.amount_fen
