@@ -6,10 +6,11 @@ the policy, institutions of both categories (学科类 / 非学科类) register 
 publish courses within their caps, parents sign contracts and pay through **signed custody-bank callbacks**
 (the dev bank key), lessons are recorded, confirmed by parents or by silence, disputed and resolved, refunds
 are claimed, answered, approved by silence and paid back, release payouts are instructed daily and executed
-by the bank, one institution closes in a planned way (announced) and one absconds (跑路) and is refunded to
-completion. In the last week the custody bank also keeps its own book (``reconciliation.simulator``) and its
-daily statements are reconciled: every day ties out except where the bank took a fee or booked an unknown
-credit, which wait in the break queue.
+by the bank, one institution closes in a planned way (announced) and one absconds (跑路): it records lessons
+nobody attended on its last evenings, the daily risk scan flags the spike, the regulator investigates and
+closes it, and it is refunded to completion (the fake lessons voided). In the last week the custody bank also
+keeps its own book (``reconciliation.simulator``) and its daily statements are reconciled: every day ties out
+except where the bank took a fee or booked an unknown credit, which wait in the break queue.
 
 Every row comes from a service, so the books are exactly what production would write: ``verify_ledger`` passes
 and every institution's custody invariant holds (checked at the end). Names, ID numbers (with valid MOD 11-2
@@ -36,6 +37,7 @@ from custody.channels import CallbackRejected
 from custody.channels.bank import bank_callback_body, sign_bank_callback
 from custody.errors import PaymentRejected
 from custody.models import (
+    AlertState,
     CallbackLog,
     ClassSizeBand,
     Closure,
@@ -56,6 +58,7 @@ from custody.models import (
     PayoutState,
     Refund,
     RefundState,
+    RiskAlert,
     Student,
     SupervisionMode,
     TeachingMode,
@@ -64,6 +67,7 @@ from custody.models import (
 from custody.rules import latest_service_end
 from custody.selectors.balances import contract_position, custody_invariant
 from custody.services import (
+    alerts,
     calendar,
     closures,
     courses,
@@ -448,9 +452,11 @@ class DemoBuilder:
             self.create_users_before()
         policy.publish_policy(
             jurisdiction=self.jurisdiction,
-            changes={"risk_reserve_allowed": True},
+            # A district of small schools: a week of lessons worth 6,000 yuan is already a lot.
+            changes={"risk_reserve_allowed": True, "risk_thresholds": {"consumption_spike_min_fen": 600_000}},
             changed_by=self.regulator_user,
-            note="允许非学科类机构选择风险保证金方式 non-subject institutions may choose a risk reserve",
+            note="允许非学科类机构选择风险保证金方式；大额消课预警起点调为6,000元 non-subject institutions "
+            "may choose a risk reserve; the consumption-spike alert starts at 6,000 yuan",
         )
         count = self.scaled(20, 8)
         cores = self.rng.sample(NAME_CORES, count)
@@ -726,6 +732,7 @@ class DemoBuilder:
         refunds.approve_unanswered_refunds()
         refunds.instruct_refund_payouts()
         reserve.check_reserves()
+        alerts.run_risk_scan()
         # Release runs and the bank's executions happen on working days (调休 included).
         if calendar.is_working_day(self.day(offset)):
             self.at(offset, 3, 0)
@@ -739,6 +746,7 @@ class DemoBuilder:
         self.refund_events(offset)
         self.at(offset, 20, 0)
         self.record_lessons(offset)
+        self.runaway_lessons(offset)
         self.at(offset, 21, 0)
         self.parents_answer(offset)
         self.at(offset, 21, 30)
@@ -844,6 +852,9 @@ class DemoBuilder:
                 closures.run_closure(closure=closure, batch_size=50)
                 # The periodic job runs it again: nothing happens twice.
                 closures.run_closure(closure=closure, batch_size=50)
+                self.answer_alerts(institution, resolve=True)
+            elif school.role == "abnormal" and offset == STORY_DAYS - 13:
+                self.answer_alerts(institution, resolve=False)
             elif school.role == "planned" and offset == STORY_DAYS - 6:
                 closures.order_closure(
                     institution=institution,
@@ -1045,6 +1056,40 @@ class DemoBuilder:
             elif roll < 0.55:
                 self.parent_actions[offset + self.rng.randint(0, 3)].append(("confirm", lesson.pk))
             # otherwise the parent stays silent: confirmed after 15 working days
+
+    def answer_alerts(self, institution: Institution, *, resolve: bool) -> None:
+        """The regulator looks into the alerts the runaway lessons raised, and closes them at the closure."""
+        for alert in RiskAlert.objects.filter(institution=institution).exclude(state=AlertState.RESOLVED):
+            if resolve:
+                note = "负责人失联，已冻结并启动停办退费 the owner vanished: frozen, closure refunds started"
+                alerts.resolve_alert(alert=alert, by=self.regulator_user, note=note)
+            elif alert.state == AlertState.OPEN:
+                note = "约谈负责人，电话无人接听，派员现场核查 the owner does not answer: inspecting"
+                alerts.investigate_alert(alert=alert, by=self.regulator_user, note=note)
+
+    def runaway_lessons(self, offset: int) -> None:
+        """Two evenings before the owner vanishes, the absconding institution records four hours that never
+        took place (虚假消课) on every contract, to have them released before it runs: the risk scan sees the
+        consumption spike. The parents dispute them the next day, and the closure voids them."""
+        if offset not in (STORY_DAYS - 15, STORY_DAYS - 14):
+            return
+        runaway = next(s.institution for s in self.institutions if s.role == "abnormal")
+        assert runaway is not None
+        today = self.day(offset)
+        contracts = Contract.objects.filter(institution=runaway, state=ContractState.ACTIVE).order_by("pk")
+        claimed = set(Refund.objects.filter(contract__institution=runaway).values_list("contract", flat=True))
+        fake = [
+            lessons.NewLesson(
+                contract=contract,
+                held_at=datetime.combine(today, time(19, 0), tzinfo=SHANGHAI),
+                hours=min(4, contract.remaining_hours),
+                idempotency_key=f"{contract.number}-{today:%Y%m%d}-evening",
+            )
+            for contract in contracts
+            if contract.remaining_hours > 0 and contract.pk not in claimed
+        ]
+        for lesson in lessons.record_lessons(lessons=fake):
+            self.parent_actions[offset + 1].append(("dispute", lesson.pk))
 
     def parents_answer(self, offset: int) -> None:
         for action, lesson_id in self.parent_actions.pop(offset, []):

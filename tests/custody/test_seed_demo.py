@@ -23,6 +23,7 @@ from django.db import connection, transaction
 
 from custody.demo import RECONCILED_DAYS, demo_counts, luhn_complete
 from custody.models import (
+    AlertState,
     CallbackLog,
     CallbackOutcome,
     Closure,
@@ -34,9 +35,12 @@ from custody.models import (
     Institution,
     InstitutionState,
     Jurisdiction,
+    Lesson,
+    LessonState,
     Payment,
     Refund,
     RefundReason,
+    RiskAlert,
     Student,
     SupervisionMode,
 )
@@ -166,6 +170,14 @@ def test_the_demo_has_every_state_and_its_books_verify(settings: Any) -> None:
         assert contract.prepaid_account.credits_posted == contract.prepaid_account.debits_posted
         closure_refunds = Refund.objects.filter(contract=contract, reason=RefundReason.CLOSURE).count()
         assert closure_refunds == (1 if contract.state == ContractState.REFUNDED else 0)
+
+    # The lessons it recorded for nobody in its last evenings were disputed and voided by the closure, and the
+    # regulator dealt with the alerts they raised.
+    runaway = Lesson.objects.filter(
+        contract__institution=closure.institution, idempotency_key__endswith="-evening"
+    )
+    assert runaway.exists() and set(runaway.values_list("state", flat=True)) == {LessonState.VOIDED}
+    assert not RiskAlert.objects.filter(institution=closure.institution).exclude(state=AlertState.RESOLVED)
 
     # The personal data is well-formed and fictional by construction.
     people: list[Guardian | Student] = [*Guardian.objects.all(), *Student.objects.all()]
