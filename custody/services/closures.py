@@ -401,10 +401,15 @@ _ACCOUNT_FIELDS = ("id", "code", "currency")
 def _refund_facts(contract_ids: Sequence[int]) -> dict[int, _RefundFacts]:
     payer_field = Contract._meta.get_field("payer_account")
     facts: dict[int, _RefundFacts] = {}
+    # Each account through scalar subqueries, an index probe each: a join of a batch's 500 contracts to the
+    # account table was planned as hash joins over all of it (4 to 10 times slower at 20,000 accounts).
     for pk, policy_id, payer, *accounts in fetch_by_ids(
-        "SELECT c.id, c.policy_id, c.payer_account, p.id, p.code, p.currency, r.id, r.code, r.currency "
-        "FROM custody_contract c JOIN ledger_account p ON p.id = c.prepaid_account_id "
-        "JOIN ledger_account r ON r.id = c.refund_account_id WHERE c.id {ids}",
+        "SELECT c.id, c.policy_id, c.payer_account, c.prepaid_account_id, "
+        "(SELECT a.code FROM ledger_account a WHERE a.id = c.prepaid_account_id), "
+        "(SELECT a.currency FROM ledger_account a WHERE a.id = c.prepaid_account_id), c.refund_account_id, "
+        "(SELECT a.code FROM ledger_account a WHERE a.id = c.refund_account_id), "
+        "(SELECT a.currency FROM ledger_account a WHERE a.id = c.refund_account_id) "
+        "FROM custody_contract c WHERE c.id {ids}",
         contract_ids,
     ):
         facts[pk] = _RefundFacts(
