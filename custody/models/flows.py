@@ -181,9 +181,16 @@ class Refund(models.Model):
     paid_hours = models.PositiveIntegerField(default=0)  # paid hours refunded
     amount_fen = models.BigIntegerField(default=0)
     # No index: nothing reads refunds by entry, and entries are never deleted (the ledger's append-only
-    # guard), so the foreign key never looks refunds up by it either.
+    # guard), so nothing looks refunds up by it either. PostgreSQL checks the entry exists by a trigger, not a
+    # constraint (migration 0011, custody/sql/ledger_references.postgresql.sql).
     entry = models.ForeignKey(
-        "ledger.Entry", on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+        "ledger.Entry",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     payout_due = models.DateField(null=True, blank=True)  # 5 or 10 working days after approval
     paid_at = models.DateTimeField(null=True, blank=True)
@@ -241,8 +248,9 @@ class PayoutInstruction(models.Model):
     refund = models.ForeignKey(
         Refund, on_delete=models.PROTECT, null=True, blank=True, related_name="payouts"
     )
+    # Checked by a trigger on PostgreSQL, like Refund.entry (migration 0011).
     pending_transfer = models.OneToOneField(
-        "ledger.PendingTransfer", on_delete=models.PROTECT, related_name="+"
+        "ledger.PendingTransfer", on_delete=models.PROTECT, related_name="+", db_constraint=False
     )
     state = models.CharField(max_length=10, choices=PayoutState.choices, default=PayoutState.INSTRUCTED)
     instructed_at = models.DateTimeField()
