@@ -414,7 +414,7 @@ def _refund_facts(contract_ids: Sequence[int]) -> dict[int, _RefundFacts]:
     ):
         facts[pk] = _RefundFacts(
             policy_id,
-            payer_field.from_db_value(payer, None, connection),
+            payer_field.from_db_value(payer, None, connection) or "",  # the column is NOT NULL
             Account.from_db(DEFAULT_DB_ALIAS, _ACCOUNT_FIELDS, accounts[:3]),
             Account.from_db(DEFAULT_DB_ALIAS, _ACCOUNT_FIELDS, accounts[3:]),
         )
