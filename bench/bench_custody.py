@@ -601,6 +601,7 @@ def closure_10k_s() -> tuple[float, str, dict[str, Any]]:
     closed abnormally: order_closure + run_closure, until every refund is posted and instructed."""
     from django.db.models import Sum
 
+    from bench.bench_ledger import _backend_cpu_seconds
     from custody.models import (
         ClosureState,
         Contract,
@@ -641,10 +642,18 @@ def closure_10k_s() -> tuple[float, str, dict[str, Any]]:
             broker.ensure_connection(max_retries=1)
         setup = time.perf_counter() - build_started
 
+        backend_before = _backend_cpu_seconds()
+        cpu_started = time.process_time()
         started = time.perf_counter()
         closure = order_closure(institution=institution, mode="abnormal", reason="跑路 bench")
         closure = run_closure(closure=closure)
         elapsed = time.perf_counter() - started
+        python_cpu = time.process_time() - cpu_started
+        backend_after = _backend_cpu_seconds()
+    backend_cpu = None if backend_before is None or backend_after is None else backend_after - backend_before
+    cpu_note = f"CPU {python_cpu:.2f} s in Python" + (
+        f" + {backend_cpu:.2f} s in PostgreSQL" if backend_cpu is not None else ""
+    )
 
     assert closure.state == ClosureState.COMPLETED
     refunds = Refund.objects.filter(contract__in=contracts, reason=RefundReason.CLOSURE)
@@ -670,8 +679,10 @@ def closure_10k_s() -> tuple[float, str, dict[str, Any]]:
         _conditions(
             f"abnormal closure of 1 institution with {n:,} open contracts (2 confirmed + 1 pending lesson "
             f"each): {n:,} lessons voided, {n:,} refunds posted, {n:,} payouts instructed in "
-            f"{elapsed:.2f} s (batches of 500); load avg {load} before, {_loadavg()} after",
+            f"{elapsed:.2f} s (batches of 500), of it {cpu_note}; load avg {load} before, {_loadavg()} after",
             setup_seconds=round(setup, 1),
+            python_cpu_s=round(python_cpu, 2),
+            postgres_backend_cpu_s=None if backend_cpu is None else round(backend_cpu, 2),
             checked="closure completed; exactly one instructed closure refund and one payout per contract, "
             "Σ refunds = Σ prepaid left = Σ payouts to the fen, every prepaid:c at 0, every pending lesson "
             "voided, custody invariant, limits",

@@ -233,6 +233,22 @@ def execute_prepared(
 
     Django binds parameters on the client, so PostgreSQL would parse and plan the statement on every call;
     a server-side-binding cursor lets psycopg prepare it once per connection."""
+    return _execute_server_side(sql, params, setup, prepare=True)[0]
+
+
+def execute_bound(sql: str, params: Mapping[str, Any] | Sequence[Any]) -> tuple[list[tuple[Any, ...]], int]:
+    """Run ``sql`` with its parameters bound by the server, not prepared, and return its rows (none for a
+    statement without a result) and its row count. For statements over large arrays built per call (the bulk
+    flows' ``unnest`` and ``= ANY``): Django's client-side binding spells every element out as quoted text,
+    which cost the closure more Python time than its rows cost the database, and the server then parsed that
+    text back; bound (binary with ``%b``) they go as they are. Not prepared, so each execution is planned for
+    its own arrays, as the client-bound statement was."""
+    return _execute_server_side(sql, params, (), prepare=False)
+
+
+def _execute_server_side(
+    sql: str, params: Mapping[str, Any] | Sequence[Any], setup: Sequence[str], *, prepare: bool
+) -> tuple[list[tuple[Any, ...]], int]:
     # The wrapper itself, not the ``connection`` proxy: each attribute read through the proxy is a look-up of
     # the connection for the current thread (several microseconds, a few percent of a transfer).
     db = connections[DEFAULT_DB_ALIAS]
@@ -243,8 +259,9 @@ def execute_prepared(
         with psycopg.Cursor(db.connection) as cursor:
             for statement in setup:
                 cursor.execute(statement)
-            cursor.execute(sql, params, prepare=True)
-            return cursor.fetchall()
+            cursor.execute(sql, params, prepare=prepare)
+            rows = cursor.fetchall() if cursor.description is not None else []
+            return rows, cursor.rowcount
     except psycopg.Error as error:
         with db.wrap_database_errors:
             raise error

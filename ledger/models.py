@@ -103,13 +103,14 @@ class PendingTransfer(models.Model):
     idempotency_key = models.CharField(max_length=200)
     request_hash = models.CharField(max_length=64)
     kind = models.CharField(max_length=64)
-    # No index on either account (migration 0010): nothing reads holds by account, and each index would be
+    # No index on either account (migration 0011): nothing reads holds by account, and each index would be
     # rewritten when a hold is resolved. Accounts are never deleted, so the foreign keys need none either.
+    # PostgreSQL checks the accounts exist in a statement trigger (migration 0013), not a constraint.
     debit_account = models.ForeignKey(
-        Account, on_delete=models.PROTECT, related_name="pending_debits", db_index=False
+        Account, on_delete=models.PROTECT, related_name="pending_debits", db_index=False, db_constraint=False
     )
     credit_account = models.ForeignKey(
-        Account, on_delete=models.PROTECT, related_name="pending_credits", db_index=False
+        Account, on_delete=models.PROTECT, related_name="pending_credits", db_index=False, db_constraint=False
     )
     amount = models.BigIntegerField()
     currency = models.CharField(max_length=3)

@@ -171,7 +171,7 @@ class Refund(models.Model):
     contract = models.ForeignKey(Contract, on_delete=models.PROTECT, related_name="refunds")
     reason = models.CharField(max_length=16, choices=RefundReason.choices)
     state = models.CharField(max_length=10, choices=RefundState.choices, default=RefundState.CLAIMED)
-    idempotency_key = models.CharField(max_length=200, unique=True)
+    idempotency_key = models.CharField(max_length=200)  # unique: custody_refund_idempotency_key
     claimed_at = models.DateTimeField()
     claim_note = models.CharField(max_length=500, blank=True)
     answer_due = models.DateTimeField(null=True, blank=True)  # institution's deadline; silence approves
@@ -180,14 +180,27 @@ class Refund(models.Model):
     rejection_reason = models.CharField(max_length=500, blank=True)
     paid_hours = models.PositiveIntegerField(default=0)  # paid hours refunded
     amount_fen = models.BigIntegerField(default=0)
+    # No index: nothing reads refunds by entry, and entries are never deleted (the ledger's append-only
+    # guard), so nothing looks refunds up by it either. PostgreSQL checks the entry exists by a trigger, not a
+    # constraint (migration 0011, custody/sql/ledger_references.postgresql.sql).
     entry = models.ForeignKey(
-        "ledger.Entry", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        "ledger.Entry",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     payout_due = models.DateField(null=True, blank=True)  # 5 or 10 working days after approval
     paid_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        # The keys' uniqueness as constraints, not unique=True: that also builds a pattern-matching
+        # (varchar_pattern_ops) index on PostgreSQL, which nothing reads and every insert (a closure's
+        # 10,000 refunds and instructions) had to write.
         constraints = [
+            models.UniqueConstraint(fields=["idempotency_key"], name="custody_refund_idempotency_key"),
             models.UniqueConstraint(
                 fields=["contract"],
                 condition=Q(reason="closure"),
@@ -221,9 +234,13 @@ class PayoutInstruction(models.Model):
     """A bank instruction out of the custody account. While instructed, the money is a ledger hold
     (Dr payable or refund_payable / Cr custody_cash); the bank's confirmation posts it, a failure voids it."""
 
-    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="payouts")
+    # Looked up through custody_payout_inst_state (institution first), which makes an index of its own a copy.
+    institution = models.ForeignKey(
+        Institution, on_delete=models.PROTECT, related_name="payouts", db_index=False
+    )
     kind = models.CharField(max_length=8, choices=PayoutKind.choices)
-    reference = models.CharField(max_length=40, unique=True)  # shown on the bank statement
+    # Shown on the bank statement; unique: custody_payout_reference (see Refund.Meta for why a constraint).
+    reference = models.CharField(max_length=40)
     amount_fen = models.BigIntegerField()
     destination_account = EncryptedTextField()
     # A refund has at most one live (instructed or executed) instruction; a failed one keeps its link, and the
@@ -231,8 +248,9 @@ class PayoutInstruction(models.Model):
     refund = models.ForeignKey(
         Refund, on_delete=models.PROTECT, null=True, blank=True, related_name="payouts"
     )
+    # Checked by a trigger on PostgreSQL, like Refund.entry (migration 0011).
     pending_transfer = models.OneToOneField(
-        "ledger.PendingTransfer", on_delete=models.PROTECT, related_name="+"
+        "ledger.PendingTransfer", on_delete=models.PROTECT, related_name="+", db_constraint=False
     )
     state = models.CharField(max_length=10, choices=PayoutState.choices, default=PayoutState.INSTRUCTED)
     instructed_at = models.DateTimeField()
@@ -242,6 +260,7 @@ class PayoutInstruction(models.Model):
 
     class Meta:
         constraints = [
+            models.UniqueConstraint(fields=["reference"], name="custody_payout_reference"),
             models.CheckConstraint(condition=Q(amount_fen__gt=0), name="custody_payout_amount_positive"),
             models.UniqueConstraint(
                 fields=["refund"],

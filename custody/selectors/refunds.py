@@ -18,7 +18,7 @@ from custody.models import (
     RefundState,
 )
 from custody.selectors.lessons import paid_hours_taken
-from custody.services._bulk import SQLITE_CHUNK, chunked
+from custody.services._bulk import fetch_by_ids
 from custody.services.calendar import local_today
 
 OPEN_STATES = (RefundState.CLAIMED, RefundState.APPROVED, RefundState.INSTRUCTED)
@@ -46,23 +46,21 @@ def refund_quotes(contract_ids: Sequence[int], *, today: date | None = None) -> 
     ids = sorted(set(contract_ids))
     taken = paid_hours_taken(ids)
     quotes: dict[int, RefundQuote] = {}
-    for chunk in chunked(ids, SQLITE_CHUNK):
-        for pk, paid_hours, starts_on, credits, debits, pending in Contract.objects.filter(
-            pk__in=chunk
-        ).values_list(
-            "pk",
-            "paid_hours",
-            "service_starts_on",
-            "prepaid_account__credits_posted",
-            "prepaid_account__debits_posted",
-            "prepaid_account__debits_pending",
-        ):
-            quotes[pk] = RefundQuote(
-                contract_id=pk,
-                amount_fen=(credits or 0) - (debits or 0) - (pending or 0),
-                paid_hours=max(0, paid_hours - taken[pk]),
-                before_start=taken[pk] == 0 and day < starts_on,
-            )
+    # Plain SQL over the id array: a closure quotes 500 contracts a batch, and the ORM's 500-placeholder IN
+    # list cost more Python time to build and bind than the query took. The balance is a scalar subquery, an
+    # index probe per contract at any size (a join was planned as a hash join over the whole account table).
+    for pk, paid_hours, starts_on, available in fetch_by_ids(
+        "SELECT c.id, c.paid_hours, c.service_starts_on, (SELECT a.credits_posted - a.debits_posted - "
+        "a.debits_pending FROM ledger_account a WHERE a.id = c.prepaid_account_id) "
+        "FROM custody_contract c WHERE c.id {ids}",
+        ids,
+    ):
+        quotes[pk] = RefundQuote(
+            contract_id=pk,
+            amount_fen=available or 0,
+            paid_hours=max(0, paid_hours - taken[pk]),
+            before_start=taken[pk] == 0 and day < starts_on,
+        )
     return quotes
 
 

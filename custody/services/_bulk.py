@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from django.db import connection, models
 
+from ledger.backends import execute_bound
+
 T = TypeVar("T")
 
 # SQLite refuses statements with more bound variables than this (32,766 since 3.32; older builds 999).
@@ -62,14 +64,13 @@ def lock_rows(table: str, ids: Iterable[int]) -> list[int]:
     ordered = sorted(set(ids))
     if not ordered:
         return []
+    if is_postgres():
+        rows, _ = execute_bound(
+            f"SELECT id FROM {table} WHERE id = ANY(%b) ORDER BY id FOR NO KEY UPDATE", [ordered]
+        )
+        return [row[0] for row in rows]
     found: list[int] = []
     with connection.cursor() as cursor:
-        if is_postgres():
-            cursor.execute(
-                f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
-                [ordered],
-            )
-            return [row[0] for row in cursor.fetchall()]
         for chunk in chunked(ordered):
             cursor.execute(
                 f"SELECT id FROM {table} WHERE id IN ({','.join(['%s'] * len(chunk))}) ORDER BY id",
@@ -176,17 +177,17 @@ def end_contracts(changes: Mapping[int, tuple[int, int, str]], *, now: datetime)
             raise RuntimeError(f"active → {state} is not a contract transition")
     if not rows:
         return 0
+    if is_postgres():
+        _, changed = execute_bound(
+            "UPDATE custody_contract c SET hours_pending = c.hours_pending + d.pending, "
+            "paid_hours_refunded = c.paid_hours_refunded + d.refunded, state = d.state, ended_at = %b "
+            "FROM unnest(%b::bigint[], %b::int[], %b::int[], %b::text[]) "
+            "AS d(id, pending, refunded, state) "
+            "WHERE c.id = d.id AND c.state = 'active'",
+            [now, *([r[i] for r in rows] for i in range(4))],
+        )
+        return changed
     with connection.cursor() as cursor:
-        if is_postgres():
-            cursor.execute(
-                "UPDATE custody_contract c SET hours_pending = c.hours_pending + d.pending, "
-                "paid_hours_refunded = c.paid_hours_refunded + d.refunded, state = d.state, ended_at = %s "
-                "FROM unnest(%s::bigint[], %s::int[], %s::int[], %s::text[]) "
-                "AS d(id, pending, refunded, state) "
-                "WHERE c.id = d.id AND c.state = 'active'",
-                [now, *([r[i] for r in rows] for i in range(4))],
-            )
-            return cursor.rowcount
         changed = 0
         for cid, pending, refunded, state in rows:
             cursor.execute(
@@ -239,15 +240,15 @@ def transition_rows(
         assignments.append(f"{column} = %s")
         values.append(_adapt(str(value) if isinstance(value, str) else value))
     condition = f" AND ({where})" if where else ""
+    if is_postgres():
+        found, _ = execute_bound(
+            f"UPDATE {table} SET {', '.join(assignments)} WHERE id = ANY(%b) "
+            f"AND state = ANY(%b){condition} RETURNING {returning}",
+            [*values, list(ids), states],
+        )
+        return found
     rows: list[tuple] = []
     with connection.cursor() as cursor:
-        if is_postgres():
-            cursor.execute(
-                f"UPDATE {table} SET {', '.join(assignments)} WHERE id = ANY(%s) "
-                f"AND state = ANY(%s){condition} RETURNING {returning}",
-                [*values, list(ids), states],
-            )
-            return list(cursor.fetchall())
         for chunk in chunked(list(ids)):
             cursor.execute(
                 f"UPDATE {table} SET {', '.join(assignments)} "
@@ -273,11 +274,10 @@ def fetch_by_ids(sql: str, ids: Sequence[int], params: Sequence[Any] = ()) -> li
     ``IN (…)`` lists on SQLite. ``params`` are bound after the ids."""
     if not ids:
         return []
+    if is_postgres():
+        return execute_bound(sql.format(ids="= ANY(%b)"), [list(ids), *params])[0]
     rows: list[tuple] = []
     with connection.cursor() as cursor:
-        if is_postgres():
-            cursor.execute(sql.format(ids="= ANY(%s)"), [list(ids), *params])
-            return list(cursor.fetchall())
         for chunk in chunked(list(ids)):
             cursor.execute(sql.format(ids=f"IN ({','.join(['%s'] * len(chunk))})"), [*chunk, *params])
             rows.extend(cursor.fetchall())

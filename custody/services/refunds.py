@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from custody.errors import IllegalTransition, RefundAlreadyAnswered, RuleViolation
 from custody.models import (
@@ -53,7 +53,7 @@ from custody.services import calendar
 from custody.services._bulk import add_contract_hours, is_postgres, lock_rows, reserve_ids, update_states
 from custody.services.payouts import hold_key, reference_for
 from ledger import clock
-from ledger.backends import mark_saved
+from ledger.backends import execute_bound, mark_saved
 from ledger.models import Account
 from ledger.money import from_minor
 from ledger.services import NewPending, create_pending_batch, transfer
@@ -368,7 +368,7 @@ def write_refund_payouts(
             amount_fen=row.amount_fen,
             destination_account=row.payer_account,
             refund_id=row.refund_id,
-            pending_transfer=hold,
+            pending_transfer_id=hold.pk,
             state=PayoutState.INSTRUCTED,
             instructed_at=now,
         )
@@ -387,31 +387,30 @@ def _insert_payouts(payouts: Sequence[PayoutInstruction], contract_ids: Sequence
     if not is_postgres():
         PayoutInstruction.objects.bulk_create(payouts, batch_size=2000)
         return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO custody_payoutinstruction (id, institution_id, kind, reference, amount_fen, "
-            "destination_account, refund_id, pending_transfer_id, state, instructed_at, executed_at, "
-            "bank_reference, failure_reason) "
-            "SELECT u.id, u.institution_id, %s, u.reference, u.amount_fen, c.payer_account, u.refund_id, "
-            "u.pending_transfer_id, %s, %s, NULL, '', '' "
-            "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
-            "%s::bigint[]) AS u(id, institution_id, reference, amount_fen, refund_id, pending_transfer_id, "
-            "contract_id) JOIN custody_contract c ON c.id = u.contract_id ORDER BY u.id",
-            [
-                PayoutKind.REFUND.value,
-                PayoutState.INSTRUCTED.value,
-                payouts[0].instructed_at,
-                [p.pk for p in payouts],
-                [p.institution_id for p in payouts],
-                [p.reference for p in payouts],
-                [p.amount_fen for p in payouts],
-                [p.refund_id for p in payouts],
-                [p.pending_transfer_id for p in payouts],
-                list(contract_ids),
-            ],
-        )
-        if cursor.rowcount != len(payouts):
-            raise RuntimeError("a refund instruction's contract is missing")
+    _, inserted = execute_bound(
+        "INSERT INTO custody_payoutinstruction (id, institution_id, kind, reference, amount_fen, "
+        "destination_account, refund_id, pending_transfer_id, state, instructed_at, executed_at, "
+        "bank_reference, failure_reason) "
+        "SELECT u.id, u.institution_id, %b, u.reference, u.amount_fen, c.payer_account, u.refund_id, "
+        "u.pending_transfer_id, %b, %b, NULL, '', '' "
+        "FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], "
+        "%b::bigint[]) AS u(id, institution_id, reference, amount_fen, refund_id, pending_transfer_id, "
+        "contract_id) JOIN custody_contract c ON c.id = u.contract_id ORDER BY u.id",
+        [
+            PayoutKind.REFUND.value,
+            PayoutState.INSTRUCTED.value,
+            payouts[0].instructed_at,
+            [p.pk for p in payouts],
+            [p.institution_id for p in payouts],
+            [p.reference for p in payouts],
+            [p.amount_fen for p in payouts],
+            [p.refund_id for p in payouts],
+            [p.pending_transfer_id for p in payouts],
+            list(contract_ids),
+        ],
+    )
+    if inserted != len(payouts):
+        raise RuntimeError("a refund instruction's contract is missing")
     mark_saved(payouts)
 
 

@@ -1,7 +1,8 @@
 -- The ledger's last line of defence on PostgreSQL. A bug in Python cannot break these.
--- Idempotent: migrations 0002, 0004, 0008, 0009, 0010 and 0012 all run the current version of this file (0004
--- upgrades databases that 0002 set up with the earlier per-entry deferred trigger; 0008 adds the account
--- check of 3b, 0009 the pending-transfer check of 3c, 0010 the seal queue's check of 3d, 0012 the range checks).
+-- Idempotent: migrations 0002, 0004, 0008, 0009, 0010, 0012 and 0013 all run the current version of this file
+-- (0004 upgrades databases that 0002 set up with the earlier per-entry deferred trigger; 0008 adds the account
+-- check of 3b, 0009 the pending-transfer check of 3c, 0010 the seal queue's check of 3d, 0012 the range checks,
+-- 0013 the holds' account check of 3e).
 --
 -- How the statement triggers' queries are written. PL/pgSQL keeps the plan of a query without parameters for
 -- the whole session, planned for the size of the transition table at its first call. So every existence test
@@ -277,6 +278,28 @@ END $$;
 
 CREATE OR REPLACE TRIGGER ledger_unsealedentry_entry_exists AFTER INSERT ON ledger_unsealedentry
     REFERENCING NEW TABLE AS new_queued FOR EACH STATEMENT EXECUTE FUNCTION ledger_queued_entries_exist();
+
+-- 3e. A pending transfer's two accounts exist: checked per statement instead of two foreign-key checks per hold
+--     at COMMIT (migration 0013), once per distinct account (a closure batch's 500 holds name 501 accounts, a
+--     lesson batch's far fewer). Accounts are never deleted and keep their id (5.), and a hold's accounts never
+--     change (4.), so only inserts need the check.
+CREATE OR REPLACE FUNCTION ledger_new_holds_accounts_exist() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    missing bigint;
+BEGIN
+    SELECT min(d.account_id) INTO missing
+    FROM (SELECT h.debit_account_id AS account_id FROM new_holds h
+          UNION SELECT h.credit_account_id FROM new_holds h) d
+    WHERE (SELECT a.id FROM ledger_account a WHERE a.id = d.account_id) IS NULL;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger: a pending transfer cannot be on account %, which does not exist', missing
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER ledger_pendingtransfer_accounts_exist AFTER INSERT ON ledger_pendingtransfer
+    REFERENCING NEW TABLE AS new_holds FOR EACH STATEMENT EXECUTE FUNCTION ledger_new_holds_accounts_exist();
 
 -- 4. A pending transfer changes once, from pending to posted, voided or expired, and is never deleted.
 CREATE OR REPLACE FUNCTION ledger_pending_transition() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -566,6 +566,56 @@ def test_sqlite_an_entry_posting_a_pending_transfer_that_does_not_exist_breaks_a
     assert not Entry.objects.filter(pk=9001).exists()
 
 
+# --- a pending transfer's accounts exist (both databases) ------------------------------------------------
+
+
+def insert_holds(cursor: CursorWrapper, holds: Sequence[tuple[int, int]]) -> None:
+    """One statement, as the ledger writes holds: (debit account id, credit account id) each, 1.00 CNY."""
+    now = db_time(timezone.now())
+    cursor.execute(
+        "INSERT INTO ledger_pendingtransfer (idempotency_key, request_hash, kind, debit_account_id, "
+        "credit_account_id, amount, currency, state, created_at, metadata) VALUES "
+        + ", ".join(["(%s, 'x', 'raw', %s, %s, 100, 'CNY', 'pending', %s, '{}')"] * len(holds)),
+        [value for n, (dr, cr) in enumerate(holds) for value in (f"raw-hold-{n}", dr, cr, now)],
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("holds", [1, 3])
+@pytest.mark.parametrize("missing", ["none", "debit", "credit"])
+def test_a_pending_transfer_is_only_on_accounts_that_exist(accounts: Chart, missing: str, holds: int) -> None:
+    """PostgreSQL: the statement trigger of migration 0013 refuses at the INSERT, whichever of a statement's
+    holds names the missing account; SQLite: the foreign keys it keeps (checked here by
+    ``check_constraints``). Holds on accounts that exist are the control."""
+    nowhere = unused_id("ledger_account")
+    rows = [(accounts.prepaid.pk, accounts.payable.pk)] * holds
+    bad = {"debit": (nowhere, accounts.payable.pk), "credit": (accounts.prepaid.pk, nowhere)}
+    if missing in bad:
+        rows[holds // 2] = bad[missing]
+
+    with (
+        pytest.raises(IntegrityError, match=rf"account {nowhere}, which does not exist|{missing}_account_id")
+        if missing in bad
+        else contextlib.nullcontext(),
+        transaction.atomic(),
+    ):
+        with connection.cursor() as cursor:
+            insert_holds(cursor, rows)
+        connection.check_constraints(table_names=["ledger_pendingtransfer"])
+
+    assert PendingTransfer.objects.filter(idempotency_key__startswith="raw-hold-").count() == (
+        0 if missing in bad else holds
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgres_a_pending_transfer_refers_to_its_accounts_through_the_trigger_not_foreign_keys() -> None:
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, "ledger_pendingtransfer")
+    assert not [c for c in constraints.values() if c["foreign_key"]]
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db
 def test_postgres_an_entry_refers_to_its_hold_through_the_trigger_not_a_foreign_key() -> None:
