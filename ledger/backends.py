@@ -207,7 +207,9 @@ held AS (
     UPDATE ledger_pendingtransfer p
     SET state = 'posted', posted_amount = p.amount, resolution_key = r.key, resolved_at = %(at)s
     FROM r CROSS JOIN stamp s
-    WHERE p.id = r.id AND p.state = 'pending' AND (p.expires_at IS NULL OR p.expires_at > %(now)s)
+    -- The array again, so that the holds are found by their key's index (not a scan of every hold).
+    WHERE p.id = ANY(%(ids)b::bigint[]) AND p.id = r.id AND p.state = 'pending'
+      AND (p.expires_at IS NULL OR p.expires_at > %(now)s)
     RETURNING p.id, r.key, r.ord, p.kind, p.amount, p.debit_account_id, p.credit_account_id, p.metadata, s.ts
 ),
 ins_e AS (
@@ -270,10 +272,14 @@ def post_holds_in_full(
     pending and not expired at ``now`` (business time); ``at`` is when they are marked resolved. Returns how
     many holds were marked posted and how many entries written: both ``len(transfer_ids)`` when every hold and
     key was clean, otherwise the caller must roll the statement back (see ``_POSTGRES_POST_HOLDS``)."""
+    setup = large_batch_setup(len(transfer_ids))
     ((held, written),) = execute_prepared(
         _POSTGRES_POST_HOLDS,
         {"ids": list(transfer_ids), "keys": list(keys), "at": at, "now": now},
-        large_batch_setup(len(transfer_ids)),
+        setup,
+        # A large batch is planned for its own arrays every time: the generic plan, made for a few holds,
+        # joins the holds to their entries by nested loops (10,000 holds: 20 s instead of 0.5).
+        prepare=not setup,
     )
     return held, written
 
@@ -325,13 +331,15 @@ def generic_plans_column(vendor: str) -> str:
 
 
 def execute_prepared(
-    sql: str, params: Mapping[str, Any] | Sequence[Any], setup: Sequence[str] = ()
+    sql: str, params: Mapping[str, Any] | Sequence[Any], setup: Sequence[str] = (), *, prepare: bool = True
 ) -> list[tuple[Any, ...]]:
     """Run ``sql`` as a prepared statement on Django's PostgreSQL connection (same transaction) and return
     its rows. For fixed statements on hot paths (the ledger's postings, the API's hottest reads).
 
     Django binds parameters on the client, so PostgreSQL would parse and plan the statement on every call;
-    a server-side-binding cursor lets psycopg prepare it once per connection."""
+    a server-side-binding cursor lets psycopg prepare it once per connection. ``prepare=False`` binds on the
+    server too (binary arrays) but plans every call for its values: for a statement whose generic plan,
+    made for arrays of unknown length, would join thousands of rows by nested loops."""
     # The wrapper itself, not the ``connection`` proxy: each attribute read through the proxy is a look-up of
     # the connection for the current thread (several microseconds, a few percent of a transfer).
     db = connections[DEFAULT_DB_ALIAS]
@@ -342,7 +350,7 @@ def execute_prepared(
         with psycopg.Cursor(db.connection) as cursor:
             for statement in setup:
                 cursor.execute(statement)
-            cursor.execute(sql, params, prepare=True)
+            cursor.execute(sql, params, prepare=prepare)
             return cursor.fetchall()
     except psycopg.Error as error:
         with db.wrap_database_errors:

@@ -633,7 +633,9 @@ def test_posting_holds_in_full_in_one_statement_writes_what_the_general_path_wri
     """On PostgreSQL, holds posted in full under keys of their own take one statement; the general path
     (forced here for the second half) writes the same: each hold posted under its key, an entry with the
     hold's kind and metadata and the request hash of ``post_pending``, two postings, the seal queue, and the
-    accounts' pending, posted and running totals."""
+    accounts' pending, posted and running totals. The first batch is large enough to be planned for its own
+    arrays (``prepare=False``)."""
+    size = backends._JIT_OFF_FROM_ENTRIES
     expires = clock.now() + timedelta(days=1)
     holds = create_pending_batch(
         transfers=[
@@ -642,41 +644,48 @@ def test_posting_holds_in_full_in_one_statement_writes_what_the_general_path_wri
                 "lesson",
                 funded.prepaid,
                 funded.payable,
-                cny("1.50"),
+                cny("0.40"),
                 expires_at=expires if i % 2 else None,
                 metadata={"lesson": i, "note": '数学 "A"'},
             )
-            for i in range(8)
+            for i in range(size + 4)
         ]
     )
     calls = _spy_post_holds_in_full(monkeypatch)
     before = counts()
 
-    assert resolve_pending_batch(resolutions=[Resolution(p.pk, "post", f"c-{p.pk}") for p in holds[:4]]) == 4
-    assert calls == [(4, 4)]
+    with transaction.atomic():
+        posted = resolve_pending_batch(
+            resolutions=[Resolution(p.pk, "post", f"c-{p.pk}") for p in holds[:size]]
+        )
+    assert posted == size
+    assert calls == [(size, size)]
     monkeypatch.setattr(services, "_posts_in_full", lambda resolutions: False)
-    assert resolve_pending_batch(resolutions=[Resolution(p.pk, "post", f"c-{p.pk}") for p in holds[4:]]) == 4
-    assert calls == [(4, 4)]
+    assert (
+        resolve_pending_batch(resolutions=[Resolution(p.pk, "post", f"c-{p.pk}") for p in holds[size:]]) == 4
+    )
+    assert calls == [(size, size)]
 
     for i, p in enumerate(holds):
         stored = PendingTransfer.objects.get(pk=p.pk)
-        assert (stored.state, stored.posted_amount, stored.resolution_key) == ("posted", 150, f"c-{p.pk}")
+        assert (stored.state, stored.posted_amount, stored.resolution_key) == ("posted", 40, f"c-{p.pk}")
         assert stored.resolved_at is not None
         entry = Entry.objects.get(pending_transfer_id=p.pk)
         assert (entry.idempotency_key, entry.kind, entry.reverses_id) == (f"c-{p.pk}", "lesson", None)
         assert entry.metadata == {"lesson": i, "note": '数学 "A"'}
-        assert entry.request_hash == post_pending_request_hash(transfer=p.pk, amount=150)
+        assert entry.request_hash == post_pending_request_hash(transfer=p.pk, amount=40)
         assert entry.effective_at == entry.posted_at
         postings = Posting.objects.filter(entry=entry)
         assert sorted(postings.values_list("account_id", "amount", "currency", "posted_at")) == [
-            (funded.prepaid.pk, 150, "CNY", entry.posted_at),
-            (funded.payable.pk, -150, "CNY", entry.posted_at),
+            (funded.prepaid.pk, 40, "CNY", entry.posted_at),
+            (funded.payable.pk, -40, "CNY", entry.posted_at),
         ]
     after = counts()
-    assert (after.entries - before.entries, after.postings - before.postings) == (8, 16)
-    assert after.unsealed - before.unsealed == 8
-    assert totals(funded.prepaid) == (1200, 10000, 0, 0)
-    assert totals(funded.payable) == (0, 1200, 0, 0)
+    n = size + 4
+    assert (after.entries - before.entries, after.postings - before.postings) == (n, 2 * n)
+    assert after.unsealed - before.unsealed == n
+    assert totals(funded.prepaid) == (40 * n, 10000, 0, 0)
+    assert totals(funded.payable) == (0, 40 * n, 0, 0)
     report = Report()
     for check in (check_entries_balance, check_materialized_totals, check_limits, check_pending_transfers):
         check(report)
