@@ -850,12 +850,12 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
         # pending or expired, a key used before) rolls it back, and the general path below replays or refuses.
         try:
             with transaction.atomic():
-                held, written = backends.post_holds_in_full(
+                marked, entries = backends.post_holds_in_full(
                     ids, [r.idempotency_key for r in resolutions], at=timezone.now(), now=clock.now()
                 )
-                if held != len(ids) or written != len(ids):
+                if marked != len(ids) or entries != len(ids):
                     raise _NotClean
-            return written
+            return entries
         except (_NotClean, IntegrityError):
             pass
     with transaction.atomic():
