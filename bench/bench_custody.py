@@ -726,7 +726,9 @@ def _overdue() -> datetime:
 @benchmark("custody.autoconfirm_100k_s", target="< 15")
 def autoconfirm_100k_s() -> tuple[float, str, dict[str, Any]]:
     """auto_confirm_due_lessons over 100,000 overdue lessons: every hold posted to payable:i, lessons and
-    contracts updated (set-based, 50,000 lessons per transaction)."""
+    contracts updated (set-based, 50,000 lessons per transaction, CUSTODY_AUTO_CONFIRM_WORKERS transactions
+    at a time)."""
+    from django.conf import settings
     from django.db.models import Sum
 
     from custody.models import Contract, ContractState, Lesson, LessonState
@@ -768,7 +770,9 @@ def autoconfirm_100k_s() -> tuple[float, str, dict[str, Any]]:
         _conditions(
             f"auto_confirm_due_lessons: {LESSONS:,} overdue lessons ({LESSON_INSTITUTIONS} institutions × 20 "
             f"contracts × 10) "
-            f"confirmed in {elapsed:.2f} s; load avg {load} before, {_loadavg()} after",
+            f"confirmed in {elapsed:.2f} s ({settings.CUSTODY_AUTO_CONFIRM_WORKERS} transactions at a time, "
+            f"each over its share of the institutions); load avg {load} before, {_loadavg()} after",
+            workers=settings.CUSTODY_AUTO_CONFIRM_WORKERS,
             other_due_lessons=confirmed - LESSONS,
             checked="every lesson confirmed by silence, 10,000 contracts completed with 10 hours consumed, "
             "Σ payable:i = Σ contract amounts to the fen, custody invariant, limits",

@@ -254,6 +254,10 @@ SPECTACULAR_SETTINGS = {
 API_TOKEN_TTL_HOURS: int = env.int("API_TOKEN_TTL_HOURS", default=24 * 30)
 API_PRIVILEGED_TOKEN_TTL_HOURS: int = env.int("API_PRIVILEGED_TOKEN_TTL_HOURS", default=12)
 
+# Confirmation by silence (custody/services/lessons.py) on PostgreSQL: this many transactions at a time, each
+# over its own share of the institutions (1: one after another).
+CUSTODY_AUTO_CONFIRM_WORKERS: int = env.int("CUSTODY_AUTO_CONFIRM_WORKERS", default=2)
+
 # django-otp: TOTP devices for regulators, bank operators and administrators (added in the admin site).
 OTP_TOTP_ISSUER = "custody-ledger"
 

@@ -179,6 +179,111 @@ ins_p AS (
 SELECT id, posted_at, effective_at FROM ins_e
 """
 
+# Posting holds in full, each under its own key, in one statement: what resolve_pending_batch's general
+# path does in five (lock the accounts, lock and read the holds, take the holds out of the pending totals,
+# mark them posted, write their entries), with the same locks in the same order and the same rows written.
+# Each account row is rewritten once (its pending and posted totals together), the holds are locked by the
+# UPDATE that marks them, and nothing travels to the client and back: the entry's request hash is
+# canonical.post_pending_request_hash spelled in SQL, its metadata the hold's. Only clean holds are taken
+# (pending and not expired); the caller compares the counts and rolls the statement back if any hold or key
+# was not, so that the general path can replay or refuse it with its own error.
+_POSTGRES_POST_HOLDS = """
+WITH
+r AS (
+    SELECT * FROM unnest(%(ids)b::bigint[], %(keys)b::text[]) WITH ORDINALITY AS r(id, key, ord)
+),
+locked AS (
+    SELECT a.id FROM ledger_account a
+    WHERE a.id IN (SELECT unnest(ARRAY[h.debit_account_id, h.credit_account_id]) FROM ledger_pendingtransfer h
+                   WHERE h.id = ANY(%(ids)b::bigint[]))
+    ORDER BY a.id
+    FOR NO KEY UPDATE
+),
+stamp AS (
+    -- Taken after every lock is held, so posted_at never goes backwards on an account.
+    SELECT clock_timestamp() AS ts, count(*) AS n FROM locked
+),
+held AS (
+    UPDATE ledger_pendingtransfer p
+    SET state = 'posted', posted_amount = p.amount, resolution_key = r.key, resolved_at = %(at)s
+    FROM r CROSS JOIN stamp s
+    -- The array again, so that the holds are found by their key's index (not a scan of every hold).
+    WHERE p.id = ANY(%(ids)b::bigint[]) AND p.id = r.id AND p.state = 'pending'
+      AND (p.expires_at IS NULL OR p.expires_at > %(now)s)
+    RETURNING p.id, r.key, r.ord, p.kind, p.amount, p.debit_account_id, p.credit_account_id, p.metadata, s.ts
+),
+ins_e AS (
+    INSERT INTO ledger_entry (idempotency_key, request_hash, kind, posted_at, effective_at, metadata,
+                              reverses_id, pending_transfer_id)
+    SELECT h.key,
+           encode(sha256(convert_to(
+               '{"amount":' || h.amount || ',"op":"post_pending","transfer":' || h.id || '}', 'UTF8'
+           )), 'hex'),
+           h.kind, h.ts, h.ts, h.metadata, NULL, h.id
+    FROM held h
+    ORDER BY h.ord
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, pending_transfer_id
+),
+queued AS (
+    INSERT INTO ledger_unsealedentry (entry_id) SELECT id FROM ins_e
+),
+new_p AS (
+    SELECT h.ord, leg.account_id, leg.amount, e.id AS entry_id, h.ts
+    FROM held h
+    JOIN ins_e e ON e.pending_transfer_id = h.id
+    CROSS JOIN LATERAL (VALUES (h.debit_account_id, h.amount), (h.credit_account_id, -h.amount))
+        AS leg(account_id, amount)
+),
+deltas AS (
+    SELECT account_id, sum(greatest(amount, 0)) AS dr, sum(greatest(-amount, 0)) AS cr, count(*) AS n
+    FROM new_p GROUP BY account_id
+),
+upd AS (
+    -- A hold posted in full leaves the pending totals for the posted ones, on each side.
+    UPDATE ledger_account a
+    SET debits_pending = a.debits_pending - d.dr,
+        credits_pending = a.credits_pending - d.cr,
+        debits_posted = a.debits_posted + d.dr,
+        credits_posted = a.credits_posted + d.cr,
+        posting_count = a.posting_count + d.n
+    FROM deltas d
+    WHERE a.id = d.account_id
+    RETURNING a.id, a.currency, a.debits_posted - d.dr AS dr_before, a.credits_posted - d.cr AS cr_before
+),
+ins_p AS (
+    INSERT INTO ledger_posting
+        (entry_id, account_id, amount, currency, posted_at, debits_after, credits_after)
+    SELECT np.entry_id, np.account_id, np.amount, u.currency, np.ts,
+           u.dr_before + sum(greatest(np.amount, 0)) OVER w,
+           u.cr_before + sum(greatest(-np.amount, 0)) OVER w
+    FROM new_p np JOIN upd u ON u.id = np.account_id
+    WINDOW w AS (PARTITION BY np.account_id ORDER BY np.ord)
+    ORDER BY np.account_id, np.ord
+)
+SELECT (SELECT count(*) FROM held), (SELECT count(*) FROM ins_e)
+"""
+
+
+def post_holds_in_full(
+    transfer_ids: Sequence[int], keys: Sequence[str], *, at: datetime, now: datetime
+) -> tuple[int, int]:
+    """PostgreSQL: post each hold of ``transfer_ids`` in full under the key at the same index, if it is
+    pending and not expired at ``now`` (business time); ``at`` is when they are marked resolved. Returns how
+    many holds were marked posted and how many entries written: both ``len(transfer_ids)`` when every hold and
+    key was clean, otherwise the caller must roll the statement back (see ``_POSTGRES_POST_HOLDS``)."""
+    setup = large_batch_setup(len(transfer_ids))
+    ((held, written),), _ = _execute_server_side(
+        _POSTGRES_POST_HOLDS,
+        {"ids": list(transfer_ids), "keys": list(keys), "at": at, "now": now},
+        setup,
+        # A large batch is planned for its own arrays every time: the generic plan, made for a few holds,
+        # joins the holds to their entries by nested loops (10,000 holds: 20 s instead of 0.5).
+        prepare=not setup,
+    )
+    return held, written
+
+
 # Past this many entries a statement's estimated cost crosses jit_above_cost, and compiling it (about a
 # second for a 10,000-entry batch) would cost more than running it.
 _JIT_OFF_FROM_ENTRIES = 100

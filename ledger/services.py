@@ -833,12 +833,30 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
     A resolution whose key already resolved that transfer the same way is a replay and changes nothing. Any
     other resolution of a transfer that is no longer pending raises PendingTransferError (or, with
     ``skip_resolved``, is left alone: for jobs such as expiry that race with people).
+
+    On PostgreSQL a batch that posts every hold in full under keys of its own (a day's confirmed lessons) is
+    tried first as one statement (``backends.post_holds_in_full``), which writes what the general path writes;
+    if it meets anything else (a replay, a hold not pending, a key used before) it is rolled back and the
+    general path decides.
     """
     if not resolutions:
         return 0
     ids = [r.transfer_id for r in resolutions]
     if len(set(ids)) != len(ids):
         raise PendingTransferError("a batch may resolve each pending transfer once")
+    if connection.vendor == "postgresql" and _posts_in_full(resolutions):
+        # The common case in one statement; anything it does not take cleanly (a replay, a hold no longer
+        # pending or expired, a key used before) rolls it back, and the general path below replays or refuses.
+        try:
+            with transaction.atomic():
+                marked, entries = backends.post_holds_in_full(
+                    ids, [r.idempotency_key for r in resolutions], at=timezone.now(), now=clock.now()
+                )
+                if marked != len(ids) or entries != len(ids):
+                    raise _NotClean
+            return entries
+        except (_NotClean, IntegrityError):
+            pass
     with transaction.atomic():
         holds = _lock_holds(ids)
         missing = set(ids) - holds.keys()
@@ -942,6 +960,18 @@ def resolve_pending_batch(*, resolutions: Sequence[Resolution], skip_resolved: b
 
 
 _RESOLVED_STATE: Mapping[str, str] = {"post": "posted", "void": "voided", "expire": "expired"}
+
+
+class _NotClean(Exception):
+    """The one-statement post met a hold or key it does not take: roll it back for the general path."""
+
+
+def _posts_in_full(resolutions: Sequence[Resolution]) -> bool:
+    """Every resolution posts its whole hold under a key of its own, adding no metadata."""
+    keys = {r.idempotency_key for r in resolutions}
+    return len(keys) == len(resolutions) and all(
+        r.action == "post" and r.amount is None and not r.metadata and r.idempotency_key for r in resolutions
+    )
 
 
 class _Hold(NamedTuple):

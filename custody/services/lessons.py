@@ -24,12 +24,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 
 from custody.errors import IllegalTransition, RuleViolation
 from custody.models import (
@@ -555,30 +557,60 @@ def _lock_lesson(lesson: Lesson) -> Lesson:
 # --- confirmation by silence ------------------------------------------------------------------------------
 
 
-def auto_confirm_due_lessons(*, now: datetime | None = None, limit: int = 50_000) -> int:
+def auto_confirm_due_lessons(
+    *, now: datetime | None = None, limit: int = 50_000, workers: int | None = None
+) -> int:
     """Confirm every pending lesson whose deadline has passed (逾期默认确认). Returns how many.
 
     Set-based: per transaction of at most ``limit`` lessons, one ledger call posts all their holds and a few
     statements update the lessons and their contracts. Disputed lessons are never touched. Safe to re-run and
     to run beside parents confirming: whatever another transaction confirmed first is skipped.
+
+    On PostgreSQL, outside a caller's transaction, ``workers`` (``CUSTODY_AUTO_CONFIRM_WORKERS``) transactions
+    run at a time, each on its own connection over its own share of the institutions (``institution_id``
+    modulo ``workers``). A lesson hold moves money only between its contract's ``prepaid:c`` and its
+    institution's ``payable:i``, so the shares lock disjoint rows (contracts, lessons, holds, accounts) and
+    neither waits for the other; each transaction is the same as in a serial run.
     """
     moment = now or clock.now()
+    shares = settings.CUSTODY_AUTO_CONFIRM_WORKERS if workers is None else workers
+    if shares <= 1 or not is_postgres() or connection.in_atomic_block:
+        return _auto_confirm_share(moment, limit, None)
+    with ThreadPoolExecutor(max_workers=shares) as pool:
+        runs = [pool.submit(_auto_confirm_apart, moment, limit, (k, shares)) for k in range(shares)]
+        return sum(run.result() for run in runs)
+
+
+def _auto_confirm_apart(moment: datetime, limit: int, share: tuple[int, int]) -> int:
+    """One share in this thread's own connection, closed at the end."""
+    try:
+        return _auto_confirm_share(moment, limit, share)
+    finally:
+        connection.close()
+
+
+def _auto_confirm_share(moment: datetime, limit: int, share: tuple[int, int] | None) -> int:
     total = 0
     while True:
-        selected, confirmed = _auto_confirm_batch(moment, limit)
+        selected, confirmed = _auto_confirm_batch(moment, limit, share)
         total += confirmed
         if selected < limit:
             return total
 
 
-def _auto_confirm_batch(moment: datetime, limit: int) -> tuple[int, int]:
+def _auto_confirm_batch(
+    moment: datetime, limit: int, share: tuple[int, int] | None = None
+) -> tuple[int, int]:
     with transaction.atomic():
         # A frozen institution's lessons wait: the regulator has stopped its releases (they confirm once it
         # is unfrozen). A closing one's confirm through the notice period; once refunds start, the closure
         # voids them.
+        lessons = Lesson.objects.filter(state=LessonState.PENDING, confirm_deadline__lte=moment)
+        if share is not None:
+            index, shares = share
+            lessons = lessons.alias(share=F("institution_id") % shares).filter(share=index)
         due = list(
-            Lesson.objects.filter(state=LessonState.PENDING, confirm_deadline__lte=moment)
-            .filter(
+            lessons.filter(
                 Q(institution__state=InstitutionState.ACTIVE)
                 | Q(
                     institution__state=InstitutionState.CLOSING,

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from moneyed import Money
 
 from ledger import backends, clock, services
-from ledger.canonical import request_hash
+from ledger.canonical import post_pending_request_hash, request_hash
 from ledger.errors import (
     CurrencyMismatch,
     IdempotencyConflict,
@@ -36,6 +36,13 @@ from ledger.services import (
     reverse_entry,
     transfer,
     void_pending,
+)
+from ledger.verification import (
+    Report,
+    check_entries_balance,
+    check_limits,
+    check_materialized_totals,
+    check_pending_transfers,
 )
 from tests.ledger.conftest import Chart, RowCounts
 
@@ -604,6 +611,112 @@ def test_resolve_pending_batch_refuses_a_hold_that_is_not_pending_when_marked(
     assert counts() == before
     assert PendingTransfer.objects.get(pk=b.pk).state == "pending"
     assert totals(funded.prepaid) == (0, 10000, 2000, 0)
+
+
+def _spy_post_holds_in_full(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """What each call of the one-statement post returned (held, written), in order."""
+    results: list[tuple[int, int]] = []
+    post = backends.post_holds_in_full
+
+    def spy(*args: object, **kwargs: object) -> tuple[int, int]:
+        results.append(post(*args, **kwargs))  # type: ignore[arg-type]
+        return results[-1]
+
+    monkeypatch.setattr(backends, "post_holds_in_full", spy)
+    return results
+
+
+@pytest.mark.postgres
+def test_posting_holds_in_full_in_one_statement_writes_what_the_general_path_writes(
+    funded: Chart, counts: Callable[[], RowCounts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL, holds posted in full under keys of their own take one statement; the general path
+    (forced here for the second half) writes the same: each hold posted under its key, an entry with the
+    hold's kind and metadata and the request hash of ``post_pending``, two postings, the seal queue, and the
+    accounts' pending, posted and running totals. The first batch is large enough to be planned for its own
+    arrays (not prepared)."""
+    size = backends._JIT_OFF_FROM_ENTRIES
+    expires = clock.now() + timedelta(days=1)
+    holds = create_pending_batch(
+        transfers=[
+            NewPending(
+                f"lesson-{i}",
+                "lesson",
+                funded.prepaid,
+                funded.payable,
+                cny("0.40"),
+                expires_at=expires if i % 2 else None,
+                metadata={"lesson": i, "note": '数学 "A"'},
+            )
+            for i in range(size + 4)
+        ]
+    )
+    calls = _spy_post_holds_in_full(monkeypatch)
+    before = counts()
+
+    with transaction.atomic():
+        posted = resolve_pending_batch(
+            resolutions=[Resolution(p.pk, "post", f"c-{p.pk}") for p in holds[:size]]
+        )
+    assert posted == size
+    assert calls == [(size, size)]
+    monkeypatch.setattr(services, "_posts_in_full", lambda resolutions: False)
+    assert (
+        resolve_pending_batch(resolutions=[Resolution(p.pk, "post", f"c-{p.pk}") for p in holds[size:]]) == 4
+    )
+    assert calls == [(size, size)]
+
+    for i, p in enumerate(holds):
+        stored = PendingTransfer.objects.get(pk=p.pk)
+        assert (stored.state, stored.posted_amount, stored.resolution_key) == ("posted", 40, f"c-{p.pk}")
+        assert stored.resolved_at is not None
+        entry = Entry.objects.get(pending_transfer_id=p.pk)
+        assert (entry.idempotency_key, entry.kind, entry.reverses_id) == (f"c-{p.pk}", "lesson", None)
+        assert entry.metadata == {"lesson": i, "note": '数学 "A"'}
+        assert entry.request_hash == post_pending_request_hash(transfer=p.pk, amount=40)
+        assert entry.effective_at == entry.posted_at
+        postings = Posting.objects.filter(entry=entry)
+        assert sorted(postings.values_list("account_id", "amount", "currency", "posted_at")) == [
+            (funded.prepaid.pk, 40, "CNY", entry.posted_at),
+            (funded.payable.pk, -40, "CNY", entry.posted_at),
+        ]
+    after = counts()
+    n = size + 4
+    assert (after.entries - before.entries, after.postings - before.postings) == (n, 2 * n)
+    assert after.unsealed - before.unsealed == n
+    assert totals(funded.prepaid) == (40 * n, 10000, 0, 0)
+    assert totals(funded.payable) == (0, 40 * n, 0, 0)
+    report = Report()
+    for check in (check_entries_balance, check_materialized_totals, check_limits, check_pending_transfers):
+        check(report)
+    assert report.findings == []
+    # Posted in one statement or not, a post replays with its key.
+    assert resolve_pending_batch(resolutions=[Resolution(holds[0].pk, "post", f"c-{holds[0].pk}")]) == 0
+    assert counts() == after
+
+
+@pytest.mark.postgres
+def test_a_batch_the_one_statement_post_does_not_take_cleanly_goes_the_general_way(
+    funded: Chart, counts: Callable[[], RowCounts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replayed post beside a new one: the statement takes only the new hold, is rolled back, and the
+    general path replays the first and posts the second, once."""
+    a = hold(funded, "10", key="lesson-a")
+    b = hold(funded, "10", key="lesson-b")
+    post_pending(transfer=a, idempotency_key="confirm-a")
+    calls = _spy_post_holds_in_full(monkeypatch)
+    before = counts()
+
+    changed = resolve_pending_batch(
+        resolutions=[Resolution(a.pk, "post", "confirm-a"), Resolution(b.pk, "post", "confirm-b")]
+    )
+
+    assert changed == 1
+    assert calls == [(1, 1)]
+    after = counts()
+    assert (after.entries - before.entries, after.postings - before.postings) == (1, 2)
+    assert totals(funded.prepaid) == (2000, 10000, 0, 0)
+    assert Entry.objects.filter(pending_transfer_id__in=[a.pk, b.pk]).count() == 2
 
 
 def test_holds_have_no_index_on_their_accounts_and_their_accounts_are_checked() -> None:

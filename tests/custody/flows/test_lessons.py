@@ -281,6 +281,65 @@ def test_auto_confirmation_works_in_batches(
     assert posted(payable(contracts[0].institution)) == 3 * 4 * 8_000
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_auto_confirmation_runs_shares_of_institutions_side_by_side(
+    make_institution: Callable,
+    make_course: Callable,
+    make_contract: ContractFactory,
+    make_student: Callable,
+    pay: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On PostgreSQL, outside a transaction, two shares of the institutions (id modulo 2) run at once, each on
+    its own connection: every due lesson is confirmed once, the disputed one is left alone, each contract's
+    hours and accounts end as in a serial run, and a second run finds nothing."""
+    institutions = [make_institution() for _ in range(4)]
+    contracts = [
+        pay(make_contract(course=make_course(institution=institution), student=make_student()))
+        for institution in institutions
+        for _ in range(2)
+    ]
+    recorded = record_lessons(lessons=[lesson(c, f"P{c.pk}-{n}") for c in contracts for n in range(3)])
+    dispute_lesson(lesson=recorded[0], reason="没上课")
+    batches: list[tuple[tuple[int, int] | None, int, int]] = []
+    batch = _auto_confirm_batch
+
+    def spy(moment: datetime, limit: int, share: tuple[int, int] | None = None) -> tuple[int, int]:
+        selected, confirmed = batch(moment, limit, share)
+        from django.db import connection
+
+        batches.append((share, connection.connection.info.backend_pid, confirmed))
+        return selected, confirmed
+
+    monkeypatch.setattr("custody.services.lessons._auto_confirm_batch", spy)
+    later = clock.now() + timedelta(days=60)
+
+    assert auto_confirm_due_lessons(now=later, limit=2, workers=2) == 23
+
+    assert {share for share, _, _ in batches} == {(0, 2), (1, 2)}
+    assert len({pid for _, pid, _ in batches}) == 2  # one connection per share
+    for index in (0, 1):
+        assert sum(n for share, _, n in batches if share == (index, 2)) == sum(
+            3 for c in contracts if c.institution_id % 2 == index
+        ) - (1 if recorded[0].institution_id % 2 == index else 0)
+    assert Lesson.objects.get(pk=recorded[0].pk).state == LessonState.DISPUTED
+    assert Lesson.objects.filter(state=LessonState.CONFIRMED, confirmed_by=ConfirmedBy.SILENCE).count() == 23
+    for contract in contracts:
+        stored = Contract.objects.get(pk=contract.pk)
+        confirmed = 2 if contract.pk == recorded[0].contract_id else 3
+        assert (stored.hours_pending, stored.hours_consumed) == (3 - confirmed, confirmed)
+        assert posted(prepaid(contract)) == 160_000 - confirmed * 8_000
+    for institution in institutions:
+        expected = sum(
+            2 if c.pk == recorded[0].contract_id else 3
+            for c in contracts
+            if c.institution_id == institution.pk
+        )
+        assert posted(payable(institution)) == expected * 8_000
+    assert auto_confirm_due_lessons(now=later, workers=2) == 0
+
+
 def test_an_auto_confirmation_batch_takes_a_contracts_lessons_together(
     make_contract: ContractFactory, make_student: Callable, pay: Callable
 ) -> None:
