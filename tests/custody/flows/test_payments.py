@@ -15,8 +15,8 @@ from custody.channels import CallbackRejected, RejectCode
 from custody.errors import NotFound, PaymentRejected
 from custody.models import CallbackLog, CallbackOutcome, Contract, ContractState, Payment, Student
 from custody.selectors.balances import custody_invariant
-from custody.services.institutions import freeze_institution
 from custody.services import payments
+from custody.services.institutions import freeze_institution
 from custody.services.payments import settle_payments
 from ledger import clock
 from ledger.models import Account, Posting
