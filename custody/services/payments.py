@@ -9,9 +9,10 @@ Flow 1 of docs/flows.md:
 
 A channel's clearing account is kept per institution (``clearing_account``): every payment posts to it and
 holds its row locked until it commits, so one account per channel made every payment of the channel wait for
-the one before it; per institution, only payments at one institution queue, as they already do on its custody
-account. The channel's money in clearing is the sum of its institutions' accounts; the custody figures and
-checks count it from the payments not yet settled, per institution, so none of them reads these accounts.
+the one before it; per institution, only payments at one institution queue (a bank payment already did, on
+the custody account its settlement posts to). The channel's money in clearing is the sum of its
+institutions' accounts; the custody figures and checks count it from the payments not yet settled, per
+institution, so none of them reads these accounts.
 
 In risk-reserve mode the money lands in the institution's own account, so settlement debits
 ``institution_held:i`` instead of ``custody_cash:i`` (see reserve.py).
