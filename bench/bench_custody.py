@@ -231,9 +231,9 @@ def _contracts_each(district: District, per_institution: int, *, hours: int, lab
     ``custody.contract_signups_per_s`` measures) would take most of an hour on this shared machine, so the
     setup writes what those two services write, set-based: the contract rows (active, pinned to the policy in
     force, numbered ``HT{date}{pk}``), their ``prepaid:c`` / ``refund_payable:c`` accounts with the same
-    codes and limits, and through ``ledger.services.post_batch`` the payment (Dr ``clearing:bank`` /
+    codes and limits, and through ``ledger.services.post_batch`` the payment (Dr ``clearing:bank:i`` /
     Cr ``prepaid:c``, key ``payment:bank:{txn}``) and its settlement (Dr ``custody_cash:i`` /
-    Cr ``clearing:bank``), with the ``Payment`` rows pointing at those entries. Students and subjects are
+    Cr ``clearing:bank:i``), with the ``Payment`` rows pointing at those entries. Students and subjects are
     spread so that no student holds more than 60 unconsumed hours at one institution in one subject."""
     from django.db import connection, transaction
 
@@ -257,7 +257,7 @@ def _contracts_each(district: District, per_institution: int, *, hours: int, lab
             course = courses[(k // len(district.students)) % len(courses)]
             plan.append((institution, course, district.students[k % len(district.students)]))
     policy = current_policy(district.institutions[0].jurisdiction)
-    clearing = clearing_account("bank")
+    clearing = {i.pk: clearing_account("bank", i) for i in district.institutions}
     today, now = local_today(), clock.now()
     amount = PRICE_FEN * hours
     started = time.perf_counter()
@@ -324,13 +324,19 @@ def _contracts_each(district: District, per_institution: int, *, hours: int, lab
                         NewEntry(
                             idempotency_key=payment_key("bank", txn),
                             kind="payment",
-                            legs=[debit(clearing, money), credit(f"prepaid:c{c.pk}", money)],
+                            legs=[
+                                debit(clearing[c.institution_id], money),
+                                credit(f"prepaid:c{c.pk}", money),
+                            ],
                             metadata={"contract": c.pk, "channel": "bank", "transaction_id": txn},
                         ),
                         NewEntry(
                             idempotency_key=settlement_key("bank", txn),
                             kind="settlement",
-                            legs=[debit(f"custody_cash:i{c.institution_id}", money), credit(clearing, money)],
+                            legs=[
+                                debit(f"custody_cash:i{c.institution_id}", money),
+                                credit(clearing[c.institution_id], money),
+                            ],
                             metadata={"contract": c.pk},
                         ),
                     )

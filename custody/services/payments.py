@@ -2,9 +2,17 @@
 
 Flow 1 of docs/flows.md:
 
-- payment confirmed: Dr ``clearing:{channel}`` / Cr ``prepaid:c``, key ``payment:{channel}:{transaction_id}``;
+- payment confirmed: Dr ``clearing:{channel}:i`` / Cr ``prepaid:c``,
+  key ``payment:{channel}:{transaction_id}``;
 - settled into custody (the bank channel at once; WeChat Pay and Alipay when their settlement arrives):
-  Dr ``custody_cash:i`` / Cr ``clearing:{channel}``, key ``settlement:{channel}:{transaction_id}``.
+  Dr ``custody_cash:i`` / Cr ``clearing:{channel}:i``, key ``settlement:{channel}:{transaction_id}``.
+
+A channel's clearing account is kept per institution (``clearing_account``): every payment posts to it and
+holds its row locked until it commits, so one account per channel made every payment of the channel wait for
+the one before it; per institution, only payments at one institution queue (a bank payment already did, on
+the custody account its settlement posts to). The channel's money in clearing is the sum of its
+institutions' accounts; the custody figures and checks count it from the payments not yet settled, per
+institution, so none of them reads these accounts.
 
 In risk-reserve mode the money lands in the institution's own account, so settlement debits
 ``institution_held:i`` instead of ``custody_cash:i`` (see reserve.py).
@@ -48,17 +56,24 @@ from custody.selectors._prepared import ModelColumns, fetch_one, insert_of, load
 from custody.services.contracts import activate_paid_contract
 from ledger import clock
 from ledger.backends import generic_plans_column
-from ledger.models import Account, AccountType
+from ledger.models import Account, AccountType, Posting
 from ledger.money import from_minor
 from ledger.services import NewEntry, credit, debit, open_account, post_batch
 
 TRANSACTION_ID_MAX = Payment._meta.get_field("transaction_id").max_length or 64
 
 
-def clearing_account(channel: str) -> Account:
-    """``clearing:{channel}``: confirmed by the channel, not yet in custody (opened on first use)."""
+def _clearing_code_prefix(channel: str) -> str:
+    return f"clearing:{channel}:i"
+
+
+def clearing_account(channel: str, institution: Institution) -> Account:
+    """``clearing:{channel}:i{pk}``: paid through the channel for the institution's contracts, not yet in
+    custody (opened on the institution's first payment through the channel)."""
     return open_account(
-        code=f"clearing:{channel}", type=AccountType.ASSET, name=f"{channel} 在途资金 channel clearing"
+        code=f"{_clearing_code_prefix(channel)}{institution.pk}",
+        type=AccountType.ASSET,
+        name=f"{institution.name} {channel} 在途资金 channel clearing",
     )
 
 
@@ -159,7 +174,7 @@ FROM custody_contract c
 JOIN custody_institution i ON i.id = c.institution_id
 LEFT JOIN ledger_account cash ON cash.id = i.cash_account_id
 LEFT JOIN ledger_account prepaid ON prepaid.id = c.prepaid_account_id
-LEFT JOIN ledger_account clearing ON clearing.code = %s
+LEFT JOIN ledger_account clearing ON clearing.code = %s || CAST(c.institution_id AS TEXT)
 WHERE c.number = %s
 {row_locks(update="c")}
 """
@@ -167,13 +182,19 @@ WHERE c.number = %s
 
 def _lock_contract_for_payment(notice: PaymentNotice) -> tuple[Contract | None, int | None, Account | None]:
     """The contract the notice pays (locked), with its institution, custody and prepaid accounts; the
-    payment already recorded for this transaction, if any; and the channel's clearing account (``None``
-    before the channel's first payment). One prepared statement: the happy path's only read. It also sets
-    the rest of the transaction on generic plans (``generic_plans_column``), for the ledger's posting of a
-    payment and its settlement, whose arrays would otherwise have it planned on every call."""
+    payment already recorded for this transaction, if any; and the institution's clearing account for the
+    channel (``None`` before its first payment through the channel). One prepared statement: the happy
+    path's only read. It also sets the rest of the transaction on generic plans (``generic_plans_column``),
+    for the ledger's posting of a payment and its settlement, whose arrays would otherwise have it planned
+    on every call."""
     row = fetch_one(
         _lock_contract_sql(connection.vendor),
-        [notice.channel, notice.transaction_id, f"clearing:{notice.channel}", notice.order_reference],
+        [
+            notice.channel,
+            notice.transaction_id,
+            _clearing_code_prefix(notice.channel),
+            notice.order_reference,
+        ],
     )
     if row is None:
         return None, None, None
@@ -238,14 +259,14 @@ def _record(
     notice: PaymentNotice, contract: Contract, clearing: Account | None, log: CallbackLog, *, now: datetime
 ) -> Payment:
     """Post the payment (and the bank's settlement), then write the payment, the contract's activation and
-    the callback log. Posting locks the channel's clearing account, which every payment of the channel
-    posts to, until the transaction commits; so everything that can be prepared comes before it, and one
-    statement follows it."""
+    the callback log. Posting locks the institution's clearing and custody accounts, which every payment at
+    the institution posts to, until the transaction commits; so everything that can be prepared comes before
+    it, and one statement follows it."""
     if contract.prepaid_account is None:
         raise RuntimeError(f"contract {contract.number} has no prepaid account")
     amount = from_minor(notice.amount_fen, "CNY")
-    if clearing is None:
-        clearing = clearing_account(notice.channel)  # the channel's first payment opens its clearing account
+    if clearing is None:  # the institution's first payment through the channel opens its clearing account
+        clearing = clearing_account(notice.channel, contract.institution)
     entries = [
         NewEntry(
             idempotency_key=payment_key(notice.channel, notice.transaction_id),
@@ -379,12 +400,17 @@ def settle_payments(*, channel: str, transaction_ids: Sequence[str]) -> list[Pay
 def _settle(payments: Sequence[Payment], *, now: datetime) -> None:
     if not payments:
         return
-    clearing: dict[str, Account] = {}
+    # Each settlement credits the clearing account its payment debited (the debit leg of the payment entry):
+    # payments recorded while clearing was one account per channel (``clearing:{channel}``) settle there.
+    clearing = {
+        posting.entry_id: posting.account
+        for posting in Posting.objects.select_related("account").filter(
+            entry_id__in=[p.entry_id for p in payments], amount__gt=0
+        )
+    }
     targets: dict[int, Account] = {}
     entries = []
     for p in payments:
-        if p.channel not in clearing:
-            clearing[p.channel] = clearing_account(p.channel)
         institution = p.contract.institution
         if institution.pk not in targets:
             targets[institution.pk] = settlement_account(institution)
@@ -394,7 +420,7 @@ def _settle(payments: Sequence[Payment], *, now: datetime) -> None:
                 transaction_id=p.transaction_id,
                 amount=from_minor(p.amount_fen, "CNY"),
                 target=targets[institution.pk],
-                clearing=clearing[p.channel],
+                clearing=clearing[p.entry_id],
                 metadata={"payment": p.pk, "contract": p.contract_id},
             )
         )

@@ -237,7 +237,8 @@ def test_postgres_rewriting_a_payment_sealed_before_a_checkpoint_is_named_by_eve
             [contract.prepaid_account_id],
         )
         cursor.execute(
-            "UPDATE ledger_account SET debits_posted = debits_posted - 80000 WHERE code = 'clearing:bank'"
+            "UPDATE ledger_account SET debits_posted = debits_posted - 80000 WHERE code = %s",
+            [f"clearing:bank:i{contract.institution_id}"],
         )
     audit = verify_checkpoint_liabilities(checkpoint)
     assert [(f.check, f.subject) for f in audit.findings] == [("ledger", f"contract {contract.number}")]

@@ -107,10 +107,10 @@ def test_the_bundle_holds_balances_entries_contracts_and_reconciliation_at_the_c
     # payment (clearing/prepaid), settlement (cash/clearing), one confirmed lesson (prepaid/payable)
     assert sorted((row[4], row[5], row[6], row[7]) for row in entries) == sorted(
         [
-            ("payment", "clearing:bank", "1600.00", "0.00"),
+            ("payment", f"clearing:bank:i{institution.pk}", "1600.00", "0.00"),
             ("payment", f"prepaid:c{taught.pk}", "0.00", "1600.00"),
             ("settlement", f"custody_cash:i{institution.pk}", "1600.00", "0.00"),
-            ("settlement", "clearing:bank", "0.00", "1600.00"),
+            ("settlement", f"clearing:bank:i{institution.pk}", "0.00", "1600.00"),
             ("lesson", f"prepaid:c{taught.pk}", "80.00", "0.00"),
             ("lesson", f"payable:i{institution.pk}", "0.00", "80.00"),
         ]

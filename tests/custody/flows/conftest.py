@@ -197,6 +197,10 @@ def cash(institution: Institution) -> str:
     return f"custody_cash:i{institution.pk}"
 
 
+def clearing(channel: str, institution: Institution) -> str:
+    return f"clearing:{channel}:i{institution.pk}"
+
+
 def payable(institution: Institution) -> str:
     return f"payable:i{institution.pk}"
 

@@ -6,23 +6,28 @@ import hashlib
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from unittest.mock import patch
 
 import pytest
 from django.db import connection
 
 from custody.channels import CallbackRejected, RejectCode
 from custody.errors import NotFound, PaymentRejected
-from custody.models import CallbackLog, CallbackOutcome, Contract, ContractState, Payment
+from custody.models import CallbackLog, CallbackOutcome, Contract, ContractState, Payment, Student
 from custody.selectors.balances import custody_invariant
+from custody.services import payments
 from custody.services.institutions import freeze_institution
 from custody.services.payments import settle_payments
 from ledger import clock
-from tests.custody.conftest import ContractFactory
+from ledger.models import Account, Posting
+from ledger.services import open_account
+from tests.custody.conftest import ContractFactory, CourseFactory, InstitutionFactory
 from tests.custody.flows.conftest import (
     NOW,
     PAYER_ACCOUNT,
     BankCallbackFactory,
     cash,
+    clearing,
     ledger_rows,
     posted,
     prepaid,
@@ -43,7 +48,8 @@ def test_a_bank_payment_credits_prepaid_settles_into_custody_and_activates_the_c
     assert bytes(payment.raw_payload) == callback.body
     assert payment.settlement_entry_id is not None
     assert posted(prepaid(contract)) == 160_000
-    assert posted("clearing:bank") == 0  # confirmed and settled at once
+    assert posted(clearing("bank", contract.institution)) == 0  # confirmed and settled at once
+    assert Account.objects.get(code=clearing("bank", contract.institution)).posting_count == 2
     assert posted(cash(contract.institution)) == 160_000
     contract.refresh_from_db()
     assert contract.state == ContractState.ACTIVE
@@ -201,7 +207,7 @@ def test_wechat_payments_wait_in_clearing_until_their_settlement_arrives(
     payment = wechat_callback(contract, txn="4200000001").send()
 
     assert payment.settlement_entry_id is None
-    assert posted("clearing:wechat") == 160_000
+    assert posted(clearing("wechat", institution)) == 160_000
     assert posted(cash(institution)) == 0
     invariant = custody_invariant(institution)
     assert (invariant.cash_fen, invariant.in_clearing_fen, invariant.prepaid_fen) == (0, 160_000, 160_000)
@@ -209,7 +215,7 @@ def test_wechat_payments_wait_in_clearing_until_their_settlement_arrives(
     clock.advance(timedelta(days=1))
     settled = settle_payments(channel="wechat", transaction_ids=["4200000001"])
     assert [p.settlement_entry_id is not None for p in settled] == [True]
-    assert posted("clearing:wechat") == 0
+    assert posted(clearing("wechat", institution)) == 0
     assert posted(cash(institution)) == 160_000
 
     rows = ledger_rows()
@@ -218,6 +224,48 @@ def test_wechat_payments_wait_in_clearing_until_their_settlement_arrives(
     with pytest.raises(NotFound):
         settle_payments(channel="wechat", transaction_ids=["4200000001", "4200999999"])
     assert ledger_rows() == rows
+
+
+def test_each_institution_has_its_own_clearing_account_per_channel(
+    make_contract: ContractFactory,
+    make_institution: InstitutionFactory,
+    make_course: CourseFactory,
+    make_student: Callable[..., Student],
+    bank_callback: BankCallbackFactory,
+) -> None:
+    # Payments at different institutions lock no account in common, so they do not queue on one another.
+    first = make_contract()
+    other = make_institution(name="远航学科培训中心")
+    second = make_contract(course=make_course(institution=other), student=make_student())
+    bank_callback(first, txn="BK-I1").send()
+    bank_callback(second, txn="BK-I2").send()
+
+    locked = [
+        {p.account.code for p in Posting.objects.filter(entry__in=[pay.entry_id, pay.settlement_entry_id])}
+        for pay in Payment.objects.order_by("pk").select_related("contract")
+    ]
+    assert locked == [
+        {clearing("bank", first.institution), cash(first.institution), prepaid(first)},
+        {clearing("bank", other), cash(other), prepaid(second)},
+    ]
+
+
+def test_a_payment_recorded_in_a_channel_wide_clearing_account_settles_out_of_it(
+    make_contract: ContractFactory, wechat_callback: Callable
+) -> None:
+    # Before clearing was kept per institution, payments were posted to ``clearing:{channel}``: their
+    # settlement must credit the account they debited, not the institution's new one.
+    contract = make_contract()
+    channel_wide = open_account(code="clearing:wechat", type="asset")
+    with patch.object(payments, "clearing_account", return_value=channel_wide):
+        wechat_callback(contract, txn="4200000009").send()
+    assert posted("clearing:wechat") == 160_000
+
+    clock.advance(timedelta(days=1))
+    settle_payments(channel="wechat", transaction_ids=["4200000009"])
+    assert posted("clearing:wechat") == 0
+    assert posted(clearing("wechat", contract.institution)) == 0
+    assert posted(cash(contract.institution)) == 160_000
 
 
 @pytest.mark.postgres
