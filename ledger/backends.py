@@ -365,7 +365,10 @@ def _execute_server_side(
             for statement in setup:
                 cursor.execute(statement)
             cursor.execute(sql, params, prepare=prepare)
-            rows = cursor.fetchall() if cursor.description is not None else []
+            # Whether it has rows, from the result's field count: ``cursor.description`` would build a Column
+            # object per field on every call (a contract's lock statement reads 60 columns).
+            result = cursor.pgresult
+            rows = cursor.fetchall() if result is not None and result.nfields else []
             return rows, cursor.rowcount
     except psycopg.Error as error:
         with db.wrap_database_errors:
