@@ -170,8 +170,12 @@ def _reversals(lines: Sequence[OpenLine], used: set[int], window_days: int) -> l
             if abs((other.value_on - line.value_on).days) > window_days:
                 continue
             same_reference = bool(line.reference) and line.reference == other.reference
+            # Two lines quoting different references are two movements, not one and its reversal: a parent's
+            # payment (HT…) and the refund of it (RF…) go to and from the same account for the same amount.
             same_account = (
-                bool(line.counterparty_account) and line.counterparty_account == other.counterparty_account
+                not (line.reference and other.reference)
+                and bool(line.counterparty_account)
+                and line.counterparty_account == other.counterparty_account
             )
             if same_reference or same_account:
                 used.update((line.id, other.id))

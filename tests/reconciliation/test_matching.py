@@ -144,6 +144,22 @@ def test_a_reversal_pairs_two_lines_and_references_and_fees_never_match_by_rules
     assert found == [(MatchRule.REVERSAL, [1, 2], [])]
 
 
+def test_a_reversal_by_counterparty_needs_a_line_without_a_reference() -> None:
+    payer = "6222020200112233445"
+    found = rules(
+        [
+            # A payment and the refund of it to the payer (原路返回): two movements, however alike.
+            line(1, 8_000, reference="HT2024030400000001", account=payer),
+            line(2, -8_000, reference="RF20240306000007", account=payer, day=DAY2),
+            # The bank's own reversal quotes no reference: it pairs with the line it undoes by the account.
+            line(3, 5_000, reference="", account="6222000011112222"),
+            line(4, -5_000, reference="", account="6222000011112222", day=DAY2),
+        ],
+        [],
+    )
+    assert found == [(MatchRule.REVERSAL, [3, 4], [])]
+
+
 # --- statements against the ledger ---------------------------------------------------------------------
 
 
