@@ -182,7 +182,7 @@ class Refund(models.Model):
     amount_fen = models.BigIntegerField(default=0)
     # No index: nothing reads refunds by entry, and entries are never deleted (the ledger's append-only
     # guard), so nothing looks refunds up by it either. PostgreSQL checks the entry exists by a trigger, not a
-    # constraint (migration 0011, custody/sql/ledger_references.postgresql.sql).
+    # constraint (migration 0012, custody/sql/ledger_references.postgresql.sql).
     entry = models.ForeignKey(
         "ledger.Entry",
         on_delete=models.PROTECT,
@@ -248,7 +248,7 @@ class PayoutInstruction(models.Model):
     refund = models.ForeignKey(
         Refund, on_delete=models.PROTECT, null=True, blank=True, related_name="payouts"
     )
-    # Checked by a trigger on PostgreSQL, like Refund.entry (migration 0011).
+    # Checked by a trigger on PostgreSQL, like Refund.entry (migration 0012).
     pending_transfer = models.OneToOneField(
         "ledger.PendingTransfer", on_delete=models.PROTECT, related_name="+", db_constraint=False
     )

@@ -1,5 +1,5 @@
 -- Custody rows that point into the ledger, checked by triggers instead of foreign keys on PostgreSQL (migration
--- 0011): the entry a refund posted (custody_refund.entry_id) and the hold behind a payout instruction
+-- 0012): the entry a refund posted (custody_refund.entry_id) and the hold behind a payout instruction
 -- (custody_payoutinstruction.pending_transfer_id). A deferred foreign key ran one query per row at COMMIT,
 -- 20,000 of a 10,000-contract closure's checks; an insert statement is now checked once, probing each row's
 -- reference (a scalar subquery: an index probe whatever the statement's size, see ledger/sql/guards), and an

@@ -324,7 +324,7 @@ BEGIN
 END $$;
 
 -- The function runs only for a change it refuses: the WHEN condition is its test, evaluated without a
--- PL/pgSQL call for each of the thousands of holds a batch resolves (migration 0013). Deletes always call it.
+-- PL/pgSQL call for each of the thousands of holds a batch resolves (migration 0014). Deletes always call it.
 CREATE OR REPLACE TRIGGER ledger_pending_once BEFORE UPDATE ON ledger_pendingtransfer
     FOR EACH ROW
     WHEN (OLD.state <> 'pending' OR NEW.state NOT IN ('posted', 'voided', 'expired')

@@ -1,5 +1,5 @@
 """A refund's ledger entry and a payout instruction's hold must exist: on PostgreSQL through the triggers of
-custody/sql/ledger_references.postgresql.sql (migration 0011 dropped the foreign keys and their checks per row
+custody/sql/ledger_references.postgresql.sql (migration 0012 dropped the foreign keys and their checks per row
 at COMMIT), on SQLite through the foreign keys it keeps (checked here by ``check_constraints``, as at COMMIT).
 Each case has its control: the same write naming a row that exists goes through."""
 
