@@ -82,7 +82,7 @@ from custody.services import (
 from custody.services.contracts import cancel_unpaid_contract, lapse_unpaid_contracts, sign_contract
 from custody.services.payments import receive_callback
 from ledger import clock
-from ledger.models import Account
+from ledger.models import Account, Entry
 from ledger.money import from_minor
 from reconciliation.services.imports import import_statement
 from reconciliation.services.runs import reconcile_statement
@@ -1258,8 +1258,6 @@ def demo_counts() -> dict[str, dict[str, int]]:
 
 def database_is_empty() -> bool:
     """No custody or ledger data at all (the ledger is append-only: the demo only goes into an empty one)."""
-    from ledger.models import Entry
-
     return not (
         Jurisdiction.objects.exists()
         or Institution.objects.exists()
