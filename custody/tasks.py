@@ -112,4 +112,9 @@ def risk_scan() -> dict[str, int]:
     from custody.services.alerts import run_risk_scan
 
     result = run_risk_scan()
-    return {"raised": len(result.raised), "escalated": len(result.escalated), "seen_again": result.seen_again}
+    return {
+        "raised": len(result.raised),
+        "escalated": len(result.escalated),
+        "seen_again": result.seen_again,
+        "cleared": len(result.cleared),
+    }

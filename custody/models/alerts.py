@@ -2,9 +2,11 @@
 each, the in-app inbox (站内信), and the refused over-cap charges one of the rules counts.
 
 An alert is raised once per (institution, rule, window) while it is not resolved; a later scan that finds the
-same condition only marks it seen again, or escalates it from yellow to red. The database holds that rule (a
-partial unique index), so two scans racing cannot raise it twice. Handling is a small state machine (see
-``custody.services.alerts``): open → acknowledged → investigating → resolved, resolved only with a note.
+same condition only marks it seen again, or escalates it from yellow to red; a scan that no longer finds it
+marks it cleared (it stays unresolved: only a regulator closes an alert, with a note). The database holds the
+one-alert rule (a partial unique index), so two scans racing cannot raise it twice. Handling is a small state
+machine (see ``custody.services.alerts``): open → acknowledged → investigating → resolved, resolved only with
+a note.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class RiskAlert(models.Model):
     week (``2024-W10``) for seven-day rules, ``ongoing`` for conditions that hold until they are fixed.
     ``value`` and ``threshold`` are the compared figures (fen, a count, days or a percentage, by rule);
     ``evidence`` holds every figure behind them as they were when the alert was raised or escalated, and
-    ``latest_evidence`` as the last scan saw them.
+    ``latest_evidence`` as the last scan saw them. ``cleared_at`` is when a scan of the alert's window first
+    found the condition gone; it goes back to empty if a later scan finds it again.
     """
 
     institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="risk_alerts")
@@ -70,6 +73,7 @@ class RiskAlert(models.Model):
     last_seen_at = models.DateTimeField()
     seen_count = models.PositiveIntegerField(default=1)
     escalated_at = models.DateTimeField(null=True, blank=True)
+    cleared_at = models.DateTimeField(null=True, blank=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
@@ -109,6 +113,8 @@ class RiskAlert(models.Model):
 class AlertAction(models.TextChoices):
     RAISED = "raised", "触发 raised"
     ESCALATED = "escalated", "升级 escalated"
+    CLEARED = "cleared", "条件消除 condition cleared"
+    RECURRED = "recurred", "再次出现 condition back"
     ACKNOWLEDGED = "acknowledged", "确认 acknowledged"
     INVESTIGATING = "investigating", "开始核查 investigating"
     RESOLVED = "resolved", "处置完毕 resolved"

@@ -38,7 +38,9 @@ institutions are not scanned.
 Windows: "today" is the local (Asia/Shanghai) day up to the scan's moment (label ``2024-03-04``); "7 days" is
 the 7×24 hours before it (label: the ISO week of the scan, ``2024-W10``); standing conditions are labelled
 ``ongoing``. One alert per (institution, rule, window) stays open until a regulator resolves it; a later scan
-marks it seen again or escalates it to red. Business time comes from ``ledger.clock``.
+marks it seen again or escalates it to red, or, when the condition is gone from its window, marks it cleared
+(``cleared_at``; back to empty if it returns), so a regulator sees which open alerts are still live.
+Business time comes from ``ledger.clock``.
 """
 
 from __future__ import annotations
@@ -244,6 +246,8 @@ class ScanResult:
     raised: list[RiskAlert] = field(default_factory=list)
     escalated: list[RiskAlert] = field(default_factory=list)
     seen_again: int = 0
+    cleared: list[RiskAlert] = field(default_factory=list)
+    recurred: list[RiskAlert] = field(default_factory=list)
     institutions: int = 0
 
     @property
@@ -269,8 +273,9 @@ def run_risk_scan(
     jurisdiction: Jurisdiction | None = None,
     notifiers: Sequence[Notifier] | None = None,
 ) -> ScanResult:
-    """Scan every institution not closed (of one jurisdiction, or all), raise or escalate what fired, and
-    notify after commit. Safe to re-run: an unresolved alert is never raised twice."""
+    """Scan every institution not closed (of one jurisdiction, or all), raise or escalate what fired,
+    mark cleared the open alerts whose condition is gone, and notify after commit. Safe to re-run: an
+    unresolved alert is never raised twice."""
     windows = Windows.at(now or clock.now())
     institutions = Institution.objects.exclude(state=InstitutionState.CLOSED)
     if jurisdiction is not None:
@@ -286,7 +291,7 @@ def run_risk_scan(
     )
     policies = _current_policies({j for _, j, _ in scope.institutions.values()})
     findings = list(_evaluate(scope, policies, windows))
-    result = _persist(findings, windows, policies)
+    result = _persist(findings, windows, policies, scope)
     result.institutions = len(scope.institutions)
     # After commit: the alerts raised or escalated now, and any earlier delivery that failed.
     transaction.on_commit(partial(deliver_notifications, notifiers=notifiers))
@@ -586,11 +591,15 @@ def _lock_scan() -> None:
 
 
 def _persist(
-    findings: list[Finding], w: Windows, policies: Mapping[int, tuple[int, dict[str, int]]]
+    findings: list[Finding],
+    w: Windows,
+    policies: Mapping[int, tuple[int, dict[str, int]]],
+    scope: _Scope,
 ) -> ScanResult:
+    """Write what the scan found: raise new alerts, mark open ones seen again or escalate them, and mark
+    cleared the open alerts of the scan's current windows whose condition it no longer found (or back, if a
+    cleared one is found again). Every change but a plain "seen again" leaves an ``AlertEvent``."""
     result = ScanResult()
-    if not findings:
-        return result
     jurisdiction_of = dict(
         Institution.objects.filter(pk__in={f.institution_id for f in findings}).values_list(
             "pk", "jurisdiction_id"
@@ -598,20 +607,21 @@ def _persist(
     )
     with transaction.atomic():
         _lock_scan()
+        open_alerts = RiskAlert.objects.filter(state__in=UNRESOLVED)
+        if scope.jurisdiction_id is not None:
+            open_alerts = open_alerts.filter(jurisdiction_id=scope.jurisdiction_id)
         unresolved = {
             (a.institution_id, a.rule, a.window): a
-            for a in RiskAlert.objects.filter(
-                institution_id__in={f.institution_id for f in findings},
-                rule__in={f.rule for f in findings},
-                state__in=UNRESOLVED,
-            )
+            for a in open_alerts
+            if a.institution_id in scope.institutions
         }
         new: list[RiskAlert] = []
         seen: list[RiskAlert] = []
         escalated: list[RiskAlert] = []
+        recurred: list[RiskAlert] = []
         for finding in findings:
             spec = SPECS[finding.rule]
-            alert = unresolved.get((finding.institution_id, finding.rule, finding.window))
+            alert = unresolved.pop((finding.institution_id, finding.rule, finding.window), None)
             if alert is None:
                 jurisdiction_id = jurisdiction_of[finding.institution_id]
                 new.append(
@@ -636,6 +646,9 @@ def _persist(
             alert.last_seen_at = w.now
             alert.seen_count += 1
             alert.latest_evidence = finding.evidence
+            if alert.cleared_at is not None:
+                alert.cleared_at = None
+                recurred.append(alert)
             if finding.level == AlertLevel.RED and alert.level == AlertLevel.YELLOW:
                 alert.level = AlertLevel.RED
                 alert.value, alert.threshold = finding.value, finding.threshold
@@ -645,6 +658,15 @@ def _persist(
                 escalated.append(alert)
             else:
                 seen.append(alert)
+        # What is left was not found again. Only an alert of a window the scan looked at (today, this week,
+        # ongoing) can have cleared; an earlier day or week is simply over.
+        cleared = [
+            alert
+            for alert in unresolved.values()
+            if alert.cleared_at is None and alert.window == w.label(SPECS[alert.rule].window)
+        ]
+        for alert in cleared:
+            alert.cleared_at = w.now
         created = RiskAlert.objects.bulk_create(new, batch_size=1000)
         RiskAlert.objects.bulk_update(
             escalated,
@@ -658,24 +680,29 @@ def _persist(
                 "escalated_at",
                 "last_seen_at",
                 "seen_count",
+                "cleared_at",
             ],
             batch_size=1000,
         )
         RiskAlert.objects.bulk_update(
-            seen, ["last_seen_at", "seen_count", "latest_evidence"], batch_size=1000
+            seen, ["last_seen_at", "seen_count", "latest_evidence", "cleared_at"], batch_size=1000
         )
+        RiskAlert.objects.bulk_update(cleared, ["cleared_at"], batch_size=1000)
+        events: list[tuple[RiskAlert, str, dict[str, Any]]] = [
+            (a, AlertAction.RAISED, {"level": a.level}) for a in created
+        ]
+        events += [(a, AlertAction.RECURRED, {"level": a.level}) for a in recurred]
+        events += [(a, AlertAction.ESCALATED, {"level": a.level}) for a in escalated]
+        events += [
+            (a, AlertAction.CLEARED, {"last_seen_at": _local(a.last_seen_at), "level": a.level})
+            for a in cleared
+        ]
         AlertEvent.objects.bulk_create(
-            [
-                AlertEvent(alert=a, at=w.now, action=AlertAction.RAISED, details={"level": a.level})
-                for a in created
-            ]
-            + [
-                AlertEvent(alert=a, at=w.now, action=AlertAction.ESCALATED, details={"level": a.level})
-                for a in escalated
-            ],
+            [AlertEvent(alert=a, at=w.now, action=action, details=details) for a, action, details in events],
             batch_size=1000,
         )
     result.raised, result.escalated, result.seen_again = created, escalated, len(seen)
+    result.cleared, result.recurred = cleared, recurred
     return result
 
 

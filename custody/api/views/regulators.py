@@ -588,6 +588,11 @@ class AlertOutput(serializers.Serializer):
     last_seen_at = serializers.DateTimeField()
     seen_count = serializers.IntegerField()
     escalated_at = serializers.DateTimeField(allow_null=True)
+    cleared_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="条件消除时间：最近的扫描已不再发现该情况（预警仍待监管人员处置） when a scan first found "
+        "the condition gone; the alert stays open until a regulator resolves it",
+    )
     acknowledged_at = serializers.DateTimeField(allow_null=True)
     investigation_started_at = serializers.DateTimeField(allow_null=True)
     resolved_at = serializers.DateTimeField(allow_null=True)

@@ -26,7 +26,12 @@ class Command(BaseCommand):
                 raise CommandError(f"地区 {options['jurisdiction']} 不存在 no such jurisdiction")
         started = time.perf_counter()
         result = run_risk_scan(jurisdiction=jurisdiction)
-        for verb, alerts in (("新预警 raised", result.raised), ("升级 escalated", result.escalated)):
+        for verb, alerts in (
+            ("新预警 raised", result.raised),
+            ("升级 escalated", result.escalated),
+            ("再次出现 back", result.recurred),
+            ("条件消除 cleared", result.cleared),
+        ):
             for alert in alerts:
                 self.stdout.write(
                     f"  {verb}: [{AlertLevel(alert.level).label}] institution {alert.institution_id} "
@@ -35,5 +40,6 @@ class Command(BaseCommand):
                 )
         self.stdout.write(
             f"扫描完成 scanned {result.institutions} institutions in {time.perf_counter() - started:.2f} s: "
-            f"{len(result.raised)} raised, {len(result.escalated)} escalated, {result.seen_again} still open"
+            f"{len(result.raised)} raised, {len(result.escalated)} escalated, "
+            f"{result.seen_again} still open, {len(result.cleared)} cleared"
         )

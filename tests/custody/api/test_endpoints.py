@@ -5,7 +5,7 @@ channels' signed callbacks."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,6 +28,7 @@ from custody.models import (
     PayoutState,
     Refund,
     RefundState,
+    RiskAlert,
 )
 from ledger import clock, verification
 from ledger.models import Entry
@@ -134,6 +135,10 @@ def test_alerts_are_acknowledged_investigated_and_resolved_with_a_note(world: Wo
     regulator = world.client("regulator")
     url = f"/api/v1/regulator/alerts/{world.alert.pk}"
     assert ok(regulator.get("/api/v1/regulator/overview/"))["alerts_yellow"] == 1
+    assert ok(regulator.get(f"{url}/"))["cleared_at"] is None
+    RiskAlert.objects.filter(pk=world.alert.pk).update(cleared_at=datetime(2024, 3, 5, 2, 0, tzinfo=UTC))
+    # Still open, but the last scan no longer found the condition.
+    assert ok(regulator.get(f"{url}/"))["cleared_at"] == "2024-03-05T10:00:00+08:00"
     assert ok(regulator.post(f"{url}/acknowledge/", {}, format="json", **idem()))["state"] == "acknowledged"
     assert (
         ok(regulator.post(f"{url}/investigate/", {"note": "约谈"}, format="json", **idem()))["state"]

@@ -311,6 +311,42 @@ def test_an_unresolved_alert_is_never_raised_twice_and_a_resolved_one_can_be_rai
     assert RiskAlert.objects.count() == 2
 
 
+def test_an_open_alert_whose_condition_is_gone_is_marked_cleared_and_back_when_it_returns(
+    alert: RiskAlert, paid_contract: Contract, record: Callable[..., list[Lesson]]
+) -> None:
+    confirm_lesson(lesson=paid_contract.lessons.filter(state="pending").first())
+    later = clock.now() + timedelta(hours=1)
+    assert AlertRule.UNCONFIRMED_LESSONS in scan(now=later)  # still unresolved: a regulator closes it
+    alert.refresh_from_db()
+    assert (alert.cleared_at, alert.state, alert.seen_count) == (later, AlertState.OPEN, 1)
+    scan(now=later + timedelta(hours=1))
+    alert.refresh_from_db()
+    assert alert.cleared_at == later  # the first scan that found it gone, not the latest
+    record(paid_contract, 1)
+    back = scan(now=later + timedelta(hours=2))[AlertRule.UNCONFIRMED_LESSONS]
+    assert (back.pk, back.cleared_at, back.seen_count) == (alert.pk, None, 2)
+    events = list(back.events.order_by("pk").values_list("action", "details"))
+    assert [action for action, _ in events] == [
+        AlertAction.RAISED,
+        AlertAction.CLEARED,
+        AlertAction.RECURRED,
+    ]
+    assert events[1][1]["level"] == AlertLevel.YELLOW and events[1][1]["last_seen_at"]
+
+
+def test_a_day_that_is_over_is_not_cleared_and_a_scan_of_another_jurisdiction_clears_nothing(
+    jurisdiction: Jurisdiction, released: Contract
+) -> None:
+    set_thresholds(jurisdiction, outflow_per_day_fen=1, outflow_per_day_red_fen=0)
+    day = scan(now=NOW)[AlertRule.OUTFLOW_DAY]
+    elsewhere = Jurisdiction.objects.create(code="other-district", name="另一区 another district")
+    run_risk_scan(notifiers=[], jurisdiction=elsewhere, now=NOW + timedelta(hours=1))
+    run_risk_scan(notifiers=[], now=NOW + timedelta(days=1))
+    day.refresh_from_db()
+    assert day.state == AlertState.OPEN and day.cleared_at is None
+    assert list(day.events.values_list("action", flat=True)) == [AlertAction.RAISED]
+
+
 def test_the_database_refuses_a_second_unresolved_alert(alert: RiskAlert) -> None:
     from django.db import IntegrityError, transaction
 

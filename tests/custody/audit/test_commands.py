@@ -171,8 +171,8 @@ def test_the_daily_tasks_sign_a_checkpoint_and_scan(
     assert tree is not None and tree.total == 160_000
     record(paid_contract, 2)
     set_thresholds(jurisdiction, unconfirmed_lessons=2)
-    assert tasks.risk_scan() == {"raised": 1, "escalated": 0, "seen_again": 0}
-    assert tasks.risk_scan() == {"raised": 0, "escalated": 0, "seen_again": 1}
+    assert tasks.risk_scan() == {"raised": 1, "escalated": 0, "seen_again": 0, "cleared": 0}
+    assert tasks.risk_scan() == {"raised": 0, "escalated": 0, "seen_again": 1, "cleared": 0}
 
 
 def test_the_schedule_runs_the_checkpoint_and_the_scan_daily() -> None:
