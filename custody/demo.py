@@ -35,7 +35,7 @@ from django.db.models import Count, Q
 
 from custody.channels import CallbackRejected
 from custody.channels.bank import bank_callback_body, sign_bank_callback
-from custody.errors import PaymentRejected
+from custody.errors import PaymentRejected, RuleViolation
 from custody.models import (
     AlertState,
     CallbackLog,
@@ -452,11 +452,20 @@ class DemoBuilder:
             self.create_users_before()
         policy.publish_policy(
             jurisdiction=self.jurisdiction,
-            # A district of small schools: a week of lessons worth 6,000 yuan is already a lot.
-            changes={"risk_reserve_allowed": True, "risk_thresholds": {"consumption_spike_min_fen": 600_000}},
+            # A district of small schools: a week of lessons worth 6,000 yuan is already a lot, and four
+            # refund claims in a week at one school are a rush.
+            changes={
+                "risk_reserve_allowed": True,
+                "risk_thresholds": {
+                    "consumption_spike_min_fen": 600_000,
+                    "refund_claims_per_week": 4,
+                    "refund_claims_per_week_red": 8,
+                },
+            },
             changed_by=self.regulator_user,
-            note="允许非学科类机构选择风险保证金方式；大额消课预警起点调为6,000元 non-subject institutions "
-            "may choose a risk reserve; the consumption-spike alert starts at 6,000 yuan",
+            note="允许非学科类机构选择风险保证金方式；大额消课预警起点调为6,000元；七日退费申请4笔即预警 "
+            "non-subject institutions may choose a risk reserve; the consumption-spike alert starts at 6,000 "
+            "yuan; four refund claims in seven days raise an alert",
         )
         count = self.scaled(20, 8)
         cores = self.rng.sample(NAME_CORES, count)
@@ -863,12 +872,22 @@ class DemoBuilder:
                     ordered_by=self.regulator_user,
                 )
             elif school.role == "frozen" and offset == STORY_DAYS - 3:
+                self.answer_alerts(institution, resolve=False)
                 institutions.freeze_institution(
                     institution=institution,
                     reason="风险预警：连续多日大额退费申请，暂停收费与拨付 risk alert: refund claims spike",
                 )
+        self.review_cleared_alerts()
+
+    def review_cleared_alerts(self) -> None:
+        """The regulator closes the alerts whose condition the scans have not found for three days."""
+        reviewed = clock.now() - timedelta(days=3)
+        for alert in RiskAlert.objects.filter(state__in=alerts.UNRESOLVED, cleared_at__lte=reviewed):
+            note = "复核：情况已消除，机构恢复正常 reviewed: the condition is gone, back to normal"
+            alerts.resolve_alert(alert=alert, by=self.regulator_user, note=note)
 
     def refund_events(self, offset: int) -> None:
+        self.refund_rush(offset)
         for plan in self.by_refund_day.get(offset, []):
             contract = plan.contract
             if contract is None or plan.fate != "paid":
@@ -892,6 +911,31 @@ class DemoBuilder:
                 self.resolutions[offset + 1].append(("approve_refund", refund.pk))
             elif plan.refund == "rejected":
                 self.resolutions[offset + 2].append(("reject_refund", refund.pk))
+
+    def refund_rush(self, offset: int) -> None:
+        """Word goes round that one school is in trouble: on two days its parents claim refunds, two a day.
+        The next risk scan sees the claims spike, and the regulator looks into it and freezes the school."""
+        if offset not in (STORY_DAYS - 5, STORY_DAYS - 4):
+            return
+        for school in self.institutions:
+            if school.role != "frozen" or school.institution is None:
+                continue
+            open_contracts = Contract.objects.filter(
+                institution=school.institution, state=ContractState.ACTIVE, refunds__isnull=True
+            ).order_by("pk")
+            claimed = 0
+            for contract in open_contracts:
+                if claimed == 2:
+                    break
+                try:
+                    refunds.claim_refund(
+                        contract=contract,
+                        note="听说机构经营困难，申请退还剩余课时费用 word is the school is in trouble",
+                        idempotency_key=f"demo-refund-{contract.number}",
+                    )
+                except RuleViolation:  # nothing left to refund on it (every hour taught or pending)
+                    continue
+                claimed += 1
 
     def answer(self, kind: str, refund_id: int) -> None:
         refund = Refund.objects.get(pk=refund_id)
@@ -1058,7 +1102,8 @@ class DemoBuilder:
             # otherwise the parent stays silent: confirmed after 15 working days
 
     def answer_alerts(self, institution: Institution, *, resolve: bool) -> None:
-        """The regulator looks into the alerts the runaway lessons raised, and closes them at the closure."""
+        """The regulator looks into an institution's open alerts (the runaway's lessons, the frozen school's
+        refund claims), and for the runaway closes them at the closure."""
         for alert in RiskAlert.objects.filter(institution=institution).exclude(state=AlertState.RESOLVED):
             if resolve:
                 note = "负责人失联，已冻结并启动停办退费 the owner vanished: frozen, closure refunds started"
