@@ -395,6 +395,38 @@ def large_batch_setup(rows: int) -> Sequence[str]:
     return _LARGE_BATCH_SETUP if rows >= _JIT_OFF_FROM_ENTRIES and connection.in_atomic_block else []
 
 
+# A new account: its totals start at zero and it has no metadata, so only eight columns are parameters (a
+# caller that writes it in one statement with its own rows stays under psycopg's 50 parameters, past which
+# the query text is parsed again on every call).
+_INSERT_NEW_ACCOUNT = """
+INSERT INTO ledger_account (id, code, name, type, currency, debits_must_not_exceed_credits,
+                            credits_must_not_exceed_debits, debits_posted, credits_posted, debits_pending,
+                            credits_pending, posting_count, metadata, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0, 0, 0, 0, '{}', %s)
+RETURNING id
+"""
+
+
+def new_account_insert(account: Any) -> tuple[str, list[Any]]:
+    """The one-row ``INSERT`` (SQL and parameters, returning the id) of an account built by
+    ``services.new_accounts``, for the caller to run with its own writes; it sets ``created_at``."""
+    if account.pk is None or account.metadata or account.posting_count:
+        raise ValueError("a new account has its id drawn already, no metadata and no postings")
+    account.created_at = timezone.now()
+    created_at = type(account)._meta.get_field("created_at").get_db_prep_save(account.created_at, connection)
+    params = [
+        account.pk,
+        account.code,
+        account.name,
+        str(account.type),
+        account.currency,
+        account.debits_must_not_exceed_credits,
+        account.credits_must_not_exceed_debits,
+        created_at,
+    ]
+    return _INSERT_NEW_ACCOUNT, params
+
+
 def next_account_id_column(vendor: str) -> str:
     """An item of a select list that draws a new account's id from the accounts' sequence (PostgreSQL), for
     ``services.new_accounts``; ``NULL`` on other databases, whose callers reserve ids their own way."""

@@ -33,6 +33,7 @@ from custody.selectors.policy import lock_signing_context
 from custody.services._bulk import reserve_ids, update_states
 from custody.services.calendar import local_date
 from ledger import clock
+from ledger.backends import new_account_insert
 from ledger.models import Account, AccountType
 from ledger.money import to_minor
 from ledger.services import NewAccount, new_accounts
@@ -149,7 +150,10 @@ def sign_contract(
             prepaid_account=prepaid,
             refund_account=refund,
         )
-        write_rows(insert_of(prepaid), insert_of(refund), insert_of(contract))
+        write_rows(
+            *(RowWrite(*new_account_insert(account), inserted=account) for account in (prepaid, refund)),
+            insert_of(contract),
+        )
     return contract
 
 
