@@ -79,8 +79,8 @@ def sign_contract(
         )
     amount_fen = to_minor(amount)
     now = clock.now()
-    # No use_generic_plans(): this transaction's statements take scalar parameters (or two-element arrays),
-    # so PostgreSQL settles on their generic plans by itself after five calls on a connection.
+    # No use_generic_plans(): this transaction's statements take scalar parameters, so PostgreSQL settles on
+    # their generic plans by itself after five calls on a connection.
     with transaction.atomic():
         context = lock_signing_context(course_id=course.pk, student_id=student.pk)
         course, institution = context.course, context.course.institution
