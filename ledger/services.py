@@ -143,14 +143,22 @@ class NewAccount:
     name: str = ""
 
 
-def open_new_accounts(*, accounts: Sequence[NewAccount]) -> list[Account]:
-    """Create accounts whose codes are new, in one statement (all or none); returns them in order.
+def new_accounts(*, accounts: Sequence[NewAccount], ids: Sequence[int]) -> list[Account]:
+    """Accounts whose codes the caller has just made unique (e.g. from a primary key drawn in its own
+    transaction), under ids it drew from the accounts' sequence (``backends.next_account_id_column``), built
+    but not saved: the caller inserts them (``backends.new_account_insert``) in the same statement as its own
+    rows (a contract's signing writes its two accounts and the contract in one). Returned in order.
 
-    For codes the caller has just made unique (e.g. from a primary key drawn in its own transaction), where
-    ``open_account``'s look-up first would be a wasted round trip per account. A code that exists raises
-    ``AccountConflict``, and the caller's transaction cannot go on (no savepoint is taken)."""
-    rows = [
+    Nothing is looked up first, as ``open_account`` does: a code that exists fails the caller's insert on the
+    unique code (an ``IntegrityError``)."""
+    if len(ids) != len(accounts):
+        raise ValueError(f"{len(accounts)} accounts need {len(accounts)} ids, got {len(ids)}")
+    codes = [a.code for a in accounts]
+    if len(set(codes)) != len(codes):
+        raise AccountConflict("an account code appears twice", code=codes[0])
+    return [
         Account(
+            id=pk,
             code=a.code,
             name=a.name,
             type=AccountType(a.type),
@@ -158,18 +166,8 @@ def open_new_accounts(*, accounts: Sequence[NewAccount]) -> list[Account]:
             debits_must_not_exceed_credits=a.limit == "debits_must_not_exceed_credits",
             credits_must_not_exceed_debits=a.limit == "credits_must_not_exceed_debits",
         )
-        for a in accounts
+        for a, pk in zip(accounts, ids, strict=True)
     ]
-    codes = [row.code for row in rows]
-    if len(set(codes)) != len(codes):
-        raise AccountConflict("an account code appears twice", code=codes[0])
-    try:
-        backends.insert_accounts(rows)
-        return rows
-    except IntegrityError as error:
-        if "ledger_account_code" in str(error) or "ledger_account.code" in str(error):
-            raise AccountConflict(f"an account of {sorted(codes)} exists already", codes=codes) from None
-        raise
 
 
 def get_account(ref: AccountRef) -> Account:

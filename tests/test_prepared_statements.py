@@ -67,3 +67,20 @@ def test_generic_plans_last_for_the_transaction_and_a_large_batch_gets_its_own()
         assert post_batch(entries=large).created == backends._JIT_OFF_FROM_ENTRIES
         assert mode() == "auto"
     assert mode() == "auto"  # SET LOCAL ended with the transaction
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_one_cursor_serves_a_connection_and_a_new_connection_gets_its_own() -> None:
+    from ledger import backends
+
+    assert execute_prepared("SELECT 1", []) == [(1,)]
+    kept = backends._server_side_cursor(connection)
+    assert execute_prepared("SELECT %s::int", [2]) == [(2,)]
+    assert backends._server_side_cursor(connection) is kept
+    with pytest.raises(Exception, match="division by zero"):
+        execute_prepared("SELECT 1 / 0", [])
+    assert execute_prepared("SELECT 3", []) == [(3,)]  # the cursor outlives a failed statement
+    connection.close()
+    assert execute_prepared("SELECT 4", []) == [(4,)]
+    assert backends._server_side_cursor(connection) is not kept

@@ -8,7 +8,7 @@ server-side-binding psycopg cursor with ``prepare=True`` it is planned once per 
 executed. Other databases run the same SQL through Django's cursor.
 
 ``ModelColumns`` lists a model's columns in a statement and builds instances from the row exactly as the ORM
-would (the database's and the fields' converters: decryption, JSON, SQLite's dates); ``insert_row`` inserts
+would (the database's and the fields' converters: decryption, JSON, SQLite's dates); ``insert_of`` writes
 an instance as ``save(force_insert=True)`` would; ``write_rows`` runs several independent one-row writes in
 one statement on PostgreSQL.
 
@@ -22,14 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ledger.backends import execute_prepared, mark_saved
-
-M = TypeVar("M", bound=models.Model)
 
 
 def _db() -> BaseDatabaseWrapper:
@@ -60,13 +58,20 @@ def row_locks(*, update: str = "", share: str = "") -> str:
 
 
 class ModelColumns:
-    """The columns of ``model`` (all concrete fields, or ``fields``) under a table alias in a statement."""
+    """The columns of ``model`` (all concrete fields, or ``fields``) under a table alias in a statement, in
+    the model's field order (the order ``Model.from_db`` takes values in, primary key first). An instance
+    loaded from ``fields`` defers the others (read on first access, as ``QuerySet.only`` does)."""
 
     def __init__(self, model: type[models.Model], alias: str, fields: Sequence[str] | None = None) -> None:
         meta = model._meta
-        chosen = meta.concrete_fields if fields is None else [meta.get_field(name) for name in fields]
+        chosen: list[Any] = list(meta.concrete_fields)
+        if fields is not None:
+            wanted = {meta.get_field(name) for name in fields}
+            chosen = [field for field in chosen if field in wanted]
+            if len(chosen) != len(wanted) or chosen[0] is not meta.pk:
+                raise ValueError(f"{model.__name__}: {list(fields)}: not concrete fields with the key")
         self.model = model
-        self.fields: list[models.Field[Any, Any]] = list(chosen)  # type: ignore[arg-type]
+        self.fields: list[models.Field[Any, Any]] = chosen
         self.names = tuple(field.attname for field in self.fields)
         self.sql = ", ".join(f'{alias}."{field.column}"' for field in self.fields)
         self.width = len(self.fields)
@@ -165,13 +170,6 @@ def _together_sql(statements: tuple[str, ...]) -> str:
     ctes = ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(statements))
     ids = ", ".join(f"(SELECT * FROM w{n})" for n in range(len(statements)))
     return f"WITH {ctes} SELECT {ids}"
-
-
-def insert_row(obj: M) -> M:
-    """INSERT ``obj`` as ``obj.save(force_insert=True)`` would (each field's pre_save and database
-    preparation, the generated primary key set on it), in one prepared statement."""
-    write_rows(insert_of(obj))
-    return obj
 
 
 @cache

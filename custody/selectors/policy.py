@@ -11,6 +11,7 @@ from django.db import connection
 from custody.errors import NotFound
 from custody.models import Course, GuidancePrice, Institution, Jurisdiction, Policy, Student
 from custody.selectors._prepared import ModelColumns, fetch_one, load_joined, row_locks
+from ledger.backends import next_account_id_column
 
 
 def current_policy(jurisdiction: Jurisdiction) -> Policy:
@@ -33,14 +34,16 @@ class SigningContext:
     """What signing a contract reads before the rules run: the course with its institution (share-locked) and
     jurisdiction, the student's guardian (the student locked), the policy in force and the course's guidance
     price under it (``None`` if the policy has none for its band and mode). On PostgreSQL the same statement
-    draws the new contract's id from its sequence (``new_contract_id``; ``None`` elsewhere): a refused signing
-    leaves a gap, as any rolled-back insert does."""
+    draws the new contract's id and its two ledger accounts' ids from their sequences
+    (``new_contract_id``, ``new_account_ids``; ``None`` elsewhere): a refused signing leaves gaps, as any
+    rolled-back insert does."""
 
     course: Course
     guardian_id: int
     policy: Policy
     guidance_price_fen: int | None
     new_contract_id: int | None
+    new_account_ids: tuple[int, int] | None
 
 
 _COURSE = ModelColumns(Course, "c")
@@ -61,14 +64,16 @@ def lock_signing_context(*, course_id: int, student_id: int) -> SigningContext:
         if not Course.objects.filter(pk=course_id).exists():
             raise Course.DoesNotExist(f"no course {course_id}")
         raise Student.DoesNotExist(f"no student {student_id}")
-    (course, institution, jurisdiction, policy), (guardian_id, guidance, new_id) = load_joined(
+    (course, institution, jurisdiction, policy), (guardian_id, guidance, new_id, *account_ids) = load_joined(
         row, _COURSE, _INSTITUTION, _JURISDICTION, _POLICY
     )
     course.institution = institution
     institution.jurisdiction = jurisdiction
     if policy is None:
         raise _no_policy(jurisdiction)
-    return SigningContext(course, guardian_id, policy, guidance, new_id)
+    prepaid_id, refund_id = account_ids
+    new_account_ids = None if prepaid_id is None else (prepaid_id, refund_id)
+    return SigningContext(course, guardian_id, policy, guidance, new_id, new_account_ids)
 
 
 @cache
@@ -78,7 +83,8 @@ SELECT {_COURSE.sql}, {_INSTITUTION.sql}, {_JURISDICTION.sql}, {_POLICY.sql}, s.
        (SELECT g.price_per_lesson_fen FROM custody_guidanceprice g
         WHERE g.policy_id = p.id AND g.class_size_band = c.class_size_band AND g.mode = c.mode
         ORDER BY g.id LIMIT 1),
-       {"nextval(pg_get_serial_sequence('custody_contract', 'id'))" if vendor == "postgresql" else "NULL"}
+       {"nextval(pg_get_serial_sequence('custody_contract', 'id'))" if vendor == "postgresql" else "NULL"},
+       {next_account_id_column(vendor)}, {next_account_id_column(vendor)}
 FROM custody_course c
 JOIN custody_institution i ON i.id = c.institution_id
 JOIN custody_jurisdiction j ON j.id = i.jurisdiction_id

@@ -28,14 +28,15 @@ from custody import rules
 from custody.errors import IllegalTransition, RuleViolation
 from custody.models import CancelReason, Contract, ContractState, Course, Policy, Student, TrainingCategory
 from custody.selectors import contracts as contract_selectors
-from custody.selectors._prepared import RowWrite, insert_row, write_rows
+from custody.selectors._prepared import RowWrite, insert_of, write_rows
 from custody.selectors.policy import lock_signing_context
 from custody.services._bulk import reserve_ids, update_states
 from custody.services.calendar import local_date
 from ledger import clock
-from ledger.models import AccountType
+from ledger.backends import new_account_insert
+from ledger.models import Account, AccountType
 from ledger.money import to_minor
-from ledger.services import NewAccount, open_new_accounts
+from ledger.services import NewAccount, new_accounts
 
 CONTRACT_TRANSITIONS: Mapping[str, frozenset[str]] = {
     ContractState.AWAITING_PAYMENT: frozenset({ContractState.ACTIVE, ContractState.CANCELLED}),
@@ -78,8 +79,8 @@ def sign_contract(
         )
     amount_fen = to_minor(amount)
     now = clock.now()
-    # No use_generic_plans(): this transaction's statements take scalar parameters (or two-element arrays),
-    # so PostgreSQL settles on their generic plans by itself after five calls on a connection.
+    # No use_generic_plans(): this transaction's statements take scalar parameters, so PostgreSQL settles on
+    # their generic plans by itself after five calls on a connection.
     with transaction.atomic():
         context = lock_signing_context(course_id=course.pk, student_id=student.pk)
         course, institution = context.course, context.course.institution
@@ -108,11 +109,11 @@ def sign_contract(
                 open_latest_end=open_latest,
             )
         )
-        # The key is drawn first (on PostgreSQL by the context's statement), so the number and both accounts
-        # are known when the row is inserted: no look-ups-then-inserts, no update after.
+        # The keys are drawn first (on PostgreSQL by the context's statement), so the number and both accounts
+        # are known before anything is written, and the accounts and the contract are one statement.
         pk = context.new_contract_id or reserve_ids(Contract, 1)[0]
         number = contract_number(today, pk)
-        prepaid, refund = open_new_accounts(
+        prepaid, refund = new_accounts(
             accounts=[
                 NewAccount(
                     code=f"prepaid:c{pk}",
@@ -126,7 +127,8 @@ def sign_contract(
                     limit="debits_must_not_exceed_credits",
                     name=f"{number} 应退费 refund payable",
                 ),
-            ]
+            ],
+            ids=context.new_account_ids or reserve_ids(Account, 2),
         )
         contract = Contract(
             id=pk,
@@ -148,7 +150,10 @@ def sign_contract(
             prepaid_account=prepaid,
             refund_account=refund,
         )
-        insert_row(contract)
+        write_rows(
+            *(RowWrite(*new_account_insert(account), inserted=account) for account in (prepaid, refund)),
+            insert_of(contract),
+        )
     return contract
 
 

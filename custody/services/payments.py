@@ -157,11 +157,21 @@ def _accept(
     return payment, False
 
 
-_CONTRACT = ModelColumns(Contract, "c")
-_INSTITUTION = ModelColumns(Institution, "i")
-_CASH = ModelColumns(Account, "cash")
-_PREPAID = ModelColumns(Account, "prepaid")
-_CLEARING = ModelColumns(Account, "clearing")
+# Only the columns a payment reads (its checks, its entries' accounts, the clearing account's name for an
+# institution's first payment); other fields load on first access. A row of every column cost the callback
+# more to convert and build than its statement cost the database.
+_CONTRACT = ModelColumns(
+    Contract,
+    "c",
+    ["id", "number", "state", "amount_fen", "institution", "prepaid_account", "refund_account", "policy"],
+)
+_INSTITUTION = ModelColumns(
+    Institution, "i", ["id", "name", "supervision_mode", "whitelisted", "state", "cash_account"]
+)
+_ACCOUNT_FIELDS = ["id", "code", "currency", "type"]
+_CASH = ModelColumns(Account, "cash", _ACCOUNT_FIELDS)
+_PREPAID = ModelColumns(Account, "prepaid", _ACCOUNT_FIELDS)
+_CLEARING = ModelColumns(Account, "clearing", _ACCOUNT_FIELDS)
 
 
 @cache

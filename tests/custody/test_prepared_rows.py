@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import pytest
+from django.db.models import Model
 
 from custody.models import CallbackLog, CallbackOutcome, Contract, Payment
-from custody.selectors._prepared import ModelColumns, RowWrite, fetch_one, insert_of, insert_row, write_rows
+from custody.selectors._prepared import ModelColumns, RowWrite, fetch_one, insert_of, write_rows
 from custody.services.contracts import activate_paid_contract
 from ledger.money import cny
 from ledger.services import open_account, transfer
 from tests.custody.conftest import ContractFactory
 
 pytestmark = pytest.mark.django_db
+
+M = TypeVar("M", bound=Model)
 
 
 def _fields(obj: object) -> dict[str, object]:
@@ -35,7 +39,12 @@ def test_a_row_loaded_from_prepared_sql_equals_the_orms(make_contract: ContractF
     assert loaded._state.adding is False
 
 
-def test_a_row_inserted_by_insert_row_reads_back_through_the_orm(make_contract: ContractFactory) -> None:
+def _insert(obj: M) -> M:
+    write_rows(insert_of(obj))
+    return obj
+
+
+def test_a_row_inserted_by_insert_of_reads_back_through_the_orm(make_contract: ContractFactory) -> None:
     contract = make_contract()
     entry = transfer(
         idempotency_key="prepared-rows:1",
@@ -44,7 +53,7 @@ def test_a_row_inserted_by_insert_row_reads_back_through_the_orm(make_contract: 
         credit_account=open_account(code="test:prepared:prepaid", type="liability"),
         amount=cny("1.00"),
     )
-    payment = insert_row(
+    payment = _insert(
         Payment(
             contract=contract,
             channel="bank",
@@ -63,7 +72,7 @@ def test_a_row_inserted_by_insert_row_reads_back_through_the_orm(make_contract: 
     assert bytes(stored.raw_payload) == '{"amount": 1, "付款人": "二"}'.encode()
     stored.raw_payload = payment.raw_payload  # memoryview as read, bytes as written
     assert _fields(stored) == _fields(payment)
-    log = insert_row(
+    log = _insert(
         CallbackLog(
             channel="bank",
             received_at=datetime(2026, 3, 1, 8, 1, tzinfo=UTC),

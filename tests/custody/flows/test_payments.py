@@ -67,6 +67,23 @@ def test_a_bank_payment_credits_prepaid_settles_into_custody_and_activates_the_c
     assert log.body_sha256 == hashlib.sha256(callback.body).hexdigest()
 
 
+def test_the_payments_contract_reads_every_field_as_the_orm_does(
+    make_contract: ContractFactory, bank_callback: BankCallbackFactory
+) -> None:
+    """The callback's lock statement loads only the columns a payment uses (the rest deferred): the payment
+    it returns still shows its contract and institution as stored, the deferred fields read on access."""
+    contract = make_contract()
+
+    payment = bank_callback(contract, txn="BK-fields").send()
+
+    for loaded, stored in (
+        (payment.contract, Contract.objects.get(pk=contract.pk)),
+        (payment.contract.institution, contract.institution),
+    ):
+        for field in type(stored)._meta.concrete_fields:
+            assert getattr(loaded, field.attname) == getattr(stored, field.attname), field.attname
+
+
 def test_a_replayed_callback_returns_the_first_payment_and_posts_nothing(
     make_contract: ContractFactory, bank_callback: BankCallbackFactory
 ) -> None:

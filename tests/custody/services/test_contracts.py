@@ -32,7 +32,7 @@ from custody.services.contracts import CONTRACT_TRANSITIONS, sign_contract, tran
 from custody.services.institutions import freeze_institution, transition_institution
 from custody.services.policy import publish_policy
 from ledger import clock
-from ledger.models import AccountType
+from ledger.models import Account, AccountType
 from ledger.money import cny
 from ledger.services import open_account, transfer
 from tests.custody.conftest import ContractFactory, CourseFactory, InstitutionFactory
@@ -89,6 +89,32 @@ def test_sign_contract_pins_the_policy_opens_the_accounts_and_awaits_payment(
         assert account.type == AccountType.LIABILITY
         assert account.debits_must_not_exceed_credits
     assert held_value(contract) == cny("0.00")
+
+
+def test_a_signings_accounts_are_written_as_open_account_writes_them(make_contract: ContractFactory) -> None:
+    """The signing inserts its accounts with its own statement (``ledger.backends.new_account_insert``); read
+    back, each equals an account ``open_account`` made with the same attributes, field by field, and equals
+    the instance the signing returned."""
+    contract = make_contract()
+    for made, code in ((contract.prepaid_account, "prepaid"), (contract.refund_account, "refund_payable")):
+        assert made is not None
+        stored = Account.objects.get(pk=made.pk)
+        reference = open_account(
+            code=f"test:reference:{code}",
+            type=AccountType.LIABILITY,
+            limit="debits_must_not_exceed_credits",
+            name=stored.name,
+        )
+        differing = {
+            f.attname
+            for f in Account._meta.concrete_fields
+            if getattr(stored, f.attname) != getattr(reference, f.attname)
+        }
+        assert differing - {"created_at"} == {"id", "code"}
+        assert abs(stored.created_at - reference.created_at) < timedelta(minutes=1)  # both the real time
+        assert all(
+            getattr(made, f.attname) == getattr(stored, f.attname) for f in Account._meta.concrete_fields
+        )
 
 
 def test_held_value_is_what_the_prepaid_account_holds(make_contract: ContractFactory) -> None:
