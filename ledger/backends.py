@@ -7,7 +7,8 @@ an overdraft aborts the statement. The database then checks that every entry bal
 
 PostgreSQL does all of it in one statement, so a single transfer in autocommit mode is one round trip; a batch
 is one statement too, or for a large one a statement per chunk, pipelined in one transaction
-(``post_entries_pipelined``). SQLite is the embedded development database; its writers are serialised by
+(``post_entries_pipelined``), which first inserts as if every key were new and is written again, skipping the
+keys that exist, if one does. SQLite is the embedded development database; its writers are serialised by
 ``BEGIN IMMEDIATE``, so the plain path needs no row locks.
 """
 
