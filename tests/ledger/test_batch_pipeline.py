@@ -321,3 +321,25 @@ def test_a_key_another_transaction_commits_during_the_batch_is_replayed(
     for check in (check_entries_balance, check_materialized_totals, check_limits):
         check(report)
     assert report.ok, report.findings
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_whose_first_batch_failed_on_a_key_keeps_posting_batches(
+    accounts: Chart, sent: list[tuple[list[str], list[int]]], statements: list[str]
+) -> None:
+    post_batch(entries=[payment(accounts, "10", key="pay-0")])
+    # A new connection: its first pipelined statement (prepared on first use) is the one that fails.
+    connection.close()
+
+    replayed = post_batch(entries=[payment(accounts, str(10 + i), key=f"pay-{i}") for i in range(3)])
+    fresh = post_batch(entries=[payment(accounts, str(20 + i), key=f"new-{i}") for i in range(3)])
+    again = post_batch(entries=[payment(accounts, str(20 + i), key=f"new-{i}") for i in range(3)])
+
+    assert (replayed.created, replayed.replayed) == (2, 1)
+    assert (fresh.created, fresh.replayed) == (3, 0)
+    assert (again.created, again.replayed) == (0, 3)
+    assert statements[0] == NEW_KEYS and statements[-4:] == [NEW_KEYS, NEW_KEYS, ANY_KEYS, ANY_KEYS]
+    report = Report()
+    for check in (check_entries_balance, check_materialized_totals, check_limits):
+        check(report)
+    assert report.ok, report.findings
