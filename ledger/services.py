@@ -241,14 +241,24 @@ def post_batch(
         and len(entries) > backends.PIPELINE_CHUNK
     ):
         # Built as they are written: the database writes one chunk while the next is validated.
-        lazy_specs = (_entry_spec(new, accounts) for new in entries)
-        return _write_specs(
-            lazy_specs,
-            [],
-            on_error,
-            savepoint=savepoint,
-            pipelined_accounts=[a.pk for a in accounts.values()],
-        )
+        def write_pipelined(new_keys_only: bool) -> BatchResult:
+            return _write_specs(
+                (_entry_spec(new, accounts) for new in entries),
+                [],
+                on_error,
+                savepoint=savepoint,
+                pipelined_accounts=[a.pk for a in accounts.values()],
+                new_keys_only=new_keys_only,
+            )
+
+        # First as if every key were new, when the batch can be written again after one turns out to exist
+        # (it runs in a savepoint or a transaction of its own); then skipping the keys that exist.
+        if savepoint or not connection.in_atomic_block:
+            try:
+                return write_pipelined(new_keys_only=True)
+            except backends.KeyTaken:
+                pass  # a replay, or a key a concurrent transaction took: rolled back, so written again
+        return write_pipelined(new_keys_only=False)
     specs: list[EntrySpec | None] = []
     failures: list[BatchFailure] = []
     for index, new in enumerate(entries):
@@ -361,6 +371,7 @@ def _write_specs(
     *,
     savepoint: bool = True,
     pipelined_accounts: Sequence[int] | None = None,
+    new_keys_only: bool = False,
 ) -> BatchResult:
     """Write the specs, replay the known keys, and in skip mode isolate entries that break a limit.
 
@@ -369,7 +380,8 @@ def _write_specs(
     that block has rolled back and the connection is usable again.
 
     ``pipelined_accounts`` (rollback mode, PostgreSQL): write in pipelined chunks, consuming ``specs`` as they
-    are sent; it names every account the specs may post to (see ``backends.post_entries_pipelined``)."""
+    are sent; it names every account the specs may post to (see ``backends.post_entries_pipelined``, also for
+    ``new_keys_only``)."""
     all_specs: list[EntrySpec | None] = []
     # A key repeated inside one batch: the same content is one entry, other content is a conflict.
     first_hash: dict[str, str] = {}
@@ -409,7 +421,7 @@ def _write_specs(
         ):
             if pipelined:
                 written = backends.post_entries_pipelined(
-                    unique_specs(), account_ids=pipelined_accounts or ()
+                    unique_specs(), account_ids=pipelined_accounts or (), new_keys_only=new_keys_only
                 )
             elif on_error == "rollback":
                 written = backends.post_entries(specs_to_write)

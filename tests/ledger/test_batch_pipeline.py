@@ -6,11 +6,13 @@ behaves as one atomic write: all or nothing, keys once, running totals in order,
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from ledger import backends
 from ledger.errors import IdempotencyConflict, LimitExceeded, UnbalancedEntry
@@ -30,14 +32,23 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[list[str], list[int]]]]:
+def statements() -> list[str]:
+    """The statement of each chunk sent (filled by ``sent``)."""
+    return []
+
+
+@pytest.fixture
+def sent(
+    monkeypatch: pytest.MonkeyPatch, statements: list[str]
+) -> Iterator[list[tuple[list[str], list[int]]]]:
     """The chunks sent, as (keys, accounts the statement locks)."""
     calls: list[tuple[list[str], list[int]]] = []
     original = backends._send_chunk
 
-    def spy(conn: Any, chunk: list[backends.EntrySpec], lock: list[int]) -> Any:
+    def spy(conn: Any, sql: str, chunk: list[backends.EntrySpec], lock: list[int]) -> Any:
+        statements.append(sql)
         calls.append(([s.idempotency_key for s in chunk], list(lock)))
-        return original(conn, chunk, lock)
+        return original(conn, sql, chunk, lock)
 
     monkeypatch.setattr(backends, "_send_chunk", spy)
     yield calls
@@ -215,3 +226,120 @@ def test_keys_posted_before_are_replayed_and_a_changed_one_is_refused(
             ]
         )
     assert counts() == before
+
+
+NEW_KEYS = backends._POSTGRES_POST_NEW_ENTRIES
+ANY_KEYS = backends._POSTGRES_POST_ENTRIES
+
+
+def test_a_batch_of_new_keys_is_written_by_plain_inserts_in_one_attempt(
+    accounts: Chart, sent: list[tuple[list[str], list[int]]], statements: list[str]
+) -> None:
+    result = post_batch(entries=[payment(accounts, str(10 + i), key=f"pay-{i}") for i in range(5)])
+
+    assert (result.created, result.replayed) == (5, 0)
+    assert "ON CONFLICT" not in NEW_KEYS and "ON CONFLICT" in ANY_KEYS
+    assert statements == [NEW_KEYS] * 3
+
+
+def test_a_key_that_exists_rolls_the_plain_inserts_back_and_the_batch_is_written_again_around_it(
+    accounts: Chart,
+    counts: Callable[[], RowCounts],
+    sent: list[tuple[list[str], list[int]]],
+    statements: list[str],
+) -> None:
+    first = post_batch(entries=[payment(accounts, "12", key="pay-2")])
+    before = counts()
+    statements.clear()
+
+    again = post_batch(entries=[payment(accounts, str(10 + i), key=f"pay-{i}") for i in range(5)])
+
+    # The first attempt failed on pay-2, in its second chunk (with however many chunks were sent by the time
+    # the error came back); the second skipped it.
+    assert set(statements[:-3]) == {NEW_KEYS} and len(statements) >= 5
+    assert statements[-3:] == [ANY_KEYS] * 3
+    assert (again.created, again.replayed) == (4, 1)
+    assert again.entries[2].pk == first.entries[0].pk
+    after = counts()
+    assert (after.entries - before.entries, after.postings - before.postings) == (4, 8)
+    assert after.unsealed - before.unsealed == 4
+    stored = Account.objects.get(pk=accounts.prepaid.pk)
+    assert (stored.credits_posted, stored.posting_count) == (sum(range(10, 15)) * 100, 5)
+    report = Report()
+    for check in (check_entries_balance, check_materialized_totals, check_limits):
+        check(report)
+    assert report.ok, report.findings
+
+
+def test_without_a_savepoint_in_a_callers_block_keys_that_exist_are_skipped_at_once(
+    accounts: Chart, sent: list[tuple[list[str], list[int]]], statements: list[str]
+) -> None:
+    post_batch(entries=[payment(accounts, "12", key="pay-2")])
+    statements.clear()
+
+    with transaction.atomic():
+        again = post_batch(
+            entries=[payment(accounts, str(10 + i), key=f"pay-{i}") for i in range(5)], savepoint=False
+        )
+
+    # A failed statement would have doomed the caller's transaction: no attempt that can fail on a key.
+    assert statements == [ANY_KEYS] * 3
+    assert (again.created, again.replayed) == (4, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_another_transaction_commits_during_the_batch_is_replayed(
+    accounts: Chart, sent: list[tuple[list[str], list[int]]], statements: list[str]
+) -> None:
+    held = threading.Event()
+    failures: list[BaseException] = []
+
+    def other_writer() -> None:
+        try:
+            with transaction.atomic():
+                post_batch(entries=[payment(accounts, "12", key="pay-2")])
+                held.set()
+                time.sleep(0.5)  # the batch below waits for this transaction
+        except BaseException as error:  # reported by the test
+            failures.append(error)
+            held.set()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    held.wait()
+    result = post_batch(entries=[payment(accounts, str(10 + i), key=f"pay-{i}") for i in range(5)])
+    thread.join()
+
+    assert failures == []
+    assert (result.created, result.replayed) == (4, 1)
+    assert set(statements[:-3]) == {NEW_KEYS} and len(statements) >= 4
+    assert statements[-3:] == [ANY_KEYS] * 3
+    assert Entry.objects.filter(idempotency_key="pay-2").count() == 1
+    report = Report()
+    for check in (check_entries_balance, check_materialized_totals, check_limits):
+        check(report)
+    assert report.ok, report.findings
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_whose_first_batch_failed_on_a_key_keeps_posting_batches(
+    accounts: Chart, sent: list[tuple[list[str], list[int]]], statements: list[str]
+) -> None:
+    post_batch(entries=[payment(accounts, "10", key="pay-0")])
+    # A new connection: its first pipelined statement (prepared on first use) is the one that fails.
+    connection.close()
+
+    replayed = post_batch(entries=[payment(accounts, str(10 + i), key=f"pay-{i}") for i in range(3)])
+    fresh = post_batch(entries=[payment(accounts, str(20 + i), key=f"new-{i}") for i in range(3)])
+    again = post_batch(entries=[payment(accounts, str(20 + i), key=f"new-{i}") for i in range(3)])
+
+    assert (replayed.created, replayed.replayed) == (2, 1)
+    assert (fresh.created, fresh.replayed) == (3, 0)
+    assert (again.created, again.replayed) == (0, 3)
+    assert statements[0] == NEW_KEYS and statements[-4:] == [NEW_KEYS, NEW_KEYS, ANY_KEYS, ANY_KEYS]
+    report = Report()
+    for check in (check_entries_balance, check_materialized_totals, check_limits):
+        check(report)
+    assert report.ok, report.findings
