@@ -19,7 +19,14 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from ledger.canonical import GENESIS_HASH, canonical_json, chain_hash, entry_document, timestamp
+from ledger.canonical import (
+    GENESIS_HASH,
+    canonical_json,
+    chain_hash,
+    entry_document,
+    entry_document_json,
+    timestamp,
+)
 from ledger.models import ChainLink, Checkpoint, Entry, Posting, UnsealedEntry
 
 SEAL_CHUNK = 5_000
@@ -27,26 +34,31 @@ _SEALER_LOCK_ID = 0x1ED6E5  # a constant advisory-lock id: one sealer at a time
 
 
 _PG_CANONICAL_TIME = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+# An entry's fields in the order ``_entry_fields`` takes them, on PostgreSQL with the times already canonical.
+_PG_ENTRY_COLUMNS = (
+    "e.id, e.idempotency_key, e.kind, "
+    f"{_PG_CANONICAL_TIME.format('e.posted_at')}, {_PG_CANONICAL_TIME.format('e.effective_at')}, "
+    "e.metadata::text, e.reverses_id, e.pending_transfer_id"
+)
+_PG_POSTING_COLUMNS = "p.entry_id, p.id, a.code, p.amount, p.currency"
+
+EntryRow = tuple[Any, ...]  # _PG_ENTRY_COLUMNS
+Postings = dict[int, list[tuple[int, str, int, str]]]
 
 
-def documents_for(entry_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Canonical documents for these entries, read with two queries.
+def _entry_rows(entry_ids: Sequence[int]) -> tuple[list[EntryRow], Postings]:
+    """These entries' rows and their postings, read with two queries.
 
-    This is the verifier's hot loop, so it uses raw SQL: one array parameter instead of thousands of bound
-    ids, and on PostgreSQL timestamps already in canonical form instead of parsed and re-formatted."""
+    This is the sealer's and the verifier's hot loop, so it uses raw SQL: one array parameter instead of
+    thousands of bound ids, and on PostgreSQL timestamps already in canonical form instead of parsed and
+    re-formatted."""
     ids = list(entry_ids)
-    postings: dict[int, list[tuple[int, str, int, str]]] = {eid: [] for eid in ids}
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(
-                "SELECT id, idempotency_key, kind, "
-                f"{_PG_CANONICAL_TIME.format('posted_at')}, {_PG_CANONICAL_TIME.format('effective_at')}, "
-                "metadata::text, reverses_id, pending_transfer_id FROM ledger_entry WHERE id = ANY(%s)",
-                [ids],
-            )
+            cursor.execute(f"SELECT {_PG_ENTRY_COLUMNS} FROM ledger_entry e WHERE e.id = ANY(%s)", [ids])
             entries = cursor.fetchall()
             cursor.execute(
-                "SELECT p.id, p.entry_id, a.code, p.amount, p.currency FROM ledger_posting p "
+                f"SELECT {_PG_POSTING_COLUMNS} FROM ledger_posting p "
                 "JOIN ledger_account a ON a.id = p.account_id WHERE p.entry_id = ANY(%s)",
                 [ids],
             )
@@ -64,28 +76,49 @@ def documents_for(entry_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
                     "pending_transfer_id",
                 )
             )
-            entries = [(*row[:3], timestamp(row[3]), timestamp(row[4]), row[5], *row[6:]) for row in entries]
+            entries = [(*row[:3], timestamp(row[3]), timestamp(row[4]), *row[5:]) for row in entries]
             posting_rows = list(
                 Posting.objects.filter(entry_id__in=ids).values_list(
-                    "id", "entry_id", "account__code", "amount", "currency"
+                    "entry_id", "id", "account__code", "amount", "currency"
                 )
             )
-    for pid, eid, code, amount, currency in posting_rows:
-        postings[eid].append((pid, code, amount, currency))
+    return entries, _by_entry(posting_rows)
+
+
+def _by_entry(posting_rows: Iterable[tuple[int, int, str, int, str]]) -> Postings:
+    postings: Postings = {}
+    for eid, pid, code, amount, currency in posting_rows:
+        postings.setdefault(eid, []).append((pid, code, amount, currency))
+    return postings
+
+
+def _entry_fields(row: EntryRow, postings: Postings) -> dict[str, Any]:
+    metadata = row[5]
+    if isinstance(metadata, str):
+        metadata = {} if metadata == "{}" else json.loads(metadata)
     return {
-        row[0]: entry_document(
-            entry_id=row[0],
-            idempotency_key=row[1],
-            kind=row[2],
-            posted_at=row[3],
-            effective_at=row[4],
-            metadata=json.loads(row[5]) if isinstance(row[5], str) else row[5],
-            reverses_id=row[6],
-            pending_transfer_id=row[7],
-            postings=postings[row[0]],
-        )
-        for row in entries
+        "entry_id": row[0],
+        "idempotency_key": row[1],
+        "kind": row[2],
+        "posted_at": row[3],
+        "effective_at": row[4],
+        "metadata": metadata,
+        "reverses_id": row[6],
+        "pending_transfer_id": row[7],
+        "postings": postings.get(row[0], []),
     }
+
+
+def documents_for(entry_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Canonical documents for these entries (as proofs show them)."""
+    entries, postings = _entry_rows(entry_ids)
+    return {row[0]: entry_document(**_entry_fields(row, postings)) for row in entries}
+
+
+def document_bytes_for(entry_ids: Sequence[int]) -> dict[int, bytes]:
+    """``canonical_json`` of ``documents_for``: what the chain hashes."""
+    entries, postings = _entry_rows(entry_ids)
+    return {row[0]: entry_document_json(**_entry_fields(row, postings)) for row in entries}
 
 
 def seal(*, limit: int | None = None) -> int:
@@ -104,7 +137,7 @@ def seal(*, limit: int | None = None) -> int:
                 break
             head = ChainLink.objects.order_by("-seq").values_list("seq", "hash").first() or (0, GENESIS_HASH)
             seq, prev = head
-            docs = documents_for(queued)
+            docs = document_bytes_for(queued)
             now = timezone.now()
             links = []
             for entry_id in queued:
@@ -194,20 +227,53 @@ class LinkCheck:
     problem: str
 
 
+Link = tuple[int, int, str, str]  # seq, entry id, prev_hash, hash
+
+
+def _links_with_documents(after_seq: int, chunk: int) -> tuple[list[Link], dict[int, bytes]]:
+    """The next ``chunk`` links after ``after_seq``, and the canonical bytes of their entries as they are now.
+
+    On PostgreSQL the links come with their entries in one query (driven by the seq range, no id list to send
+    back), and the postings in a second one. ``= ANY(ARRAY(subquery))`` rather than ``IN (subquery)``: the
+    planner turns the latter into a hash join over a scan of every posting, per chunk."""
+    if connection.vendor != "postgresql":
+        links = list(
+            ChainLink.objects.filter(seq__gt=after_seq)
+            .order_by("seq")
+            .values_list("seq", "entry_id", "prev_hash", "hash")[:chunk]
+        )
+        return links, document_bytes_for([link[1] for link in links])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT c.seq, c.entry_id, c.prev_hash, c.hash, {_PG_ENTRY_COLUMNS} FROM ledger_chainlink c "
+            "LEFT JOIN ledger_entry e ON e.id = c.entry_id WHERE c.seq > %s ORDER BY c.seq LIMIT %s",
+            [after_seq, chunk],
+        )
+        rows = cursor.fetchall()
+        if not rows:
+            return [], {}
+        cursor.execute(
+            f"SELECT {_PG_POSTING_COLUMNS} FROM ledger_posting p "
+            "JOIN ledger_account a ON a.id = p.account_id WHERE p.entry_id = ANY(ARRAY("
+            "  SELECT entry_id FROM ledger_chainlink WHERE seq > %s AND seq <= %s))",
+            [after_seq, rows[-1][0]],
+        )
+        postings = _by_entry(cursor.fetchall())
+    documents = {
+        row[4]: entry_document_json(**_entry_fields(row[4:], postings)) for row in rows if row[4] is not None
+    }
+    return [row[:4] for row in rows], documents
+
+
 def walk_chain(*, chunk: int = SEAL_CHUNK, progress: Any = None) -> Iterator[LinkCheck]:
     """Recompute every link from the entries as they are now; yield each link that does not match."""
     prev = GENESIS_HASH
     expected_seq = 0
     last_seq = 0
     while True:
-        links = list(
-            ChainLink.objects.filter(seq__gt=last_seq)
-            .order_by("seq")
-            .values_list("seq", "entry_id", "prev_hash", "hash")[:chunk]
-        )
+        links, docs = _links_with_documents(last_seq, chunk)
         if not links:
             break
-        docs = documents_for([link[1] for link in links])
         for seq, entry_id, prev_hash, digest in links:
             expected_seq += 1
             if seq != expected_seq:
