@@ -366,6 +366,30 @@ def test_postgres_a_changed_posting_amount_is_found(sealed: Sealed) -> None:
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("triggers_stay_on")
+def test_postgres_a_posting_moved_to_an_entry_that_does_not_exist_is_found(sealed: Sealed) -> None:
+    release = sealed.entries[1]
+    posting = Posting.objects.get(entry_id=release.pk, account_id=sealed.chart.payable.pk)
+    with tampering("ledger_posting") as cursor:
+        cursor.execute("UPDATE ledger_posting SET entry_id = 999999 WHERE id = %s", [posting.pk])
+
+    report = verification.verify()
+    assert (
+        verification.Finding(
+            "zero_sum", f"posting {posting.pk}", "belongs to entry 999999, which does not exist"
+        )
+        in report.findings
+    )
+    assert {(f.check, f.subject) for f in report.findings} == {
+        ("zero_sum", f"entry {release.pk}"),  # its sum, and its count of postings
+        ("zero_sum", f"posting {posting.pk}"),
+        ("zero_sum", "entry 999999"),  # the one posting's sum
+        ("chain", f"link {sealed.link_of(1)}"),
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("triggers_stay_on")
 def test_postgres_a_deleted_entry_is_found(sealed: Sealed) -> None:
     """Deleting the release (link 2) with its postings and its chain link."""
     release = sealed.entries[1]
