@@ -47,21 +47,34 @@ EntryRow = tuple[Any, ...]  # _PG_ENTRY_COLUMNS
 Postings = dict[int, list[tuple[int, str, int, str]]]
 
 
-def _entry_rows(entry_ids: Sequence[int]) -> tuple[list[EntryRow], Postings]:
+def _entry_rows(
+    entry_ids: Sequence[int], *, links: tuple[int, int] | None = None
+) -> tuple[list[EntryRow], Postings]:
     """These entries' rows and their postings, read with two queries.
 
     This is the sealer's and the verifier's hot loop, so it uses raw SQL: one array parameter instead of
     thousands of bound ids, and on PostgreSQL timestamps already in canonical form instead of parsed and
-    re-formatted."""
+    re-formatted. The walk passes ``links`` (after, last): the entries are those of the links after seq
+    ``after`` up to ``last``, and PostgreSQL builds the array itself instead of receiving it. Always
+    ``= ANY(array)``: with ``IN (subquery)`` or a join the planner may scan every entry or posting, per
+    chunk."""
     ids = list(entry_ids)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(f"SELECT {_PG_ENTRY_COLUMNS} FROM ledger_entry e WHERE e.id = ANY(%s)", [ids])
+            params: list[Any] = [ids] if links is None else list(links)
+            id_array = (
+                "%s"
+                if links is None
+                else "ARRAY(SELECT entry_id FROM ledger_chainlink WHERE seq > %s AND seq <= %s)"
+            )
+            cursor.execute(
+                f"SELECT {_PG_ENTRY_COLUMNS} FROM ledger_entry e WHERE e.id = ANY({id_array})", params
+            )
             entries = cursor.fetchall()
             cursor.execute(
                 f"SELECT {_PG_POSTING_COLUMNS} FROM ledger_posting p "
-                "JOIN ledger_account a ON a.id = p.account_id WHERE p.entry_id = ANY(%s)",
-                [ids],
+                f"JOIN ledger_account a ON a.id = p.account_id WHERE p.entry_id = ANY({id_array})",
+                params,
             )
             posting_rows = cursor.fetchall()
         else:
@@ -232,38 +245,19 @@ Link = tuple[int, int, str, str]  # seq, entry id, prev_hash, hash
 
 
 def _links_with_documents(after_seq: int, chunk: int) -> tuple[list[Link], dict[int, bytes]]:
-    """The next ``chunk`` links after ``after_seq``, and the canonical bytes of their entries as they are now.
-
-    On PostgreSQL the links come with their entries in one query (driven by the seq range, no id list to send
-    back), and the postings in a second one. ``= ANY(ARRAY(subquery))`` rather than ``IN (subquery)``: the
-    planner turns the latter into a hash join over a scan of every posting, per chunk."""
-    if connection.vendor != "postgresql":
-        links = list(
-            ChainLink.objects.filter(seq__gt=after_seq)
-            .order_by("seq")
-            .values_list("seq", "entry_id", "prev_hash", "hash")[:chunk]
-        )
-        return links, document_bytes_for([link[1] for link in links])
+    """The next ``chunk`` links after ``after_seq``, and the canonical bytes of their entries as they are
+    now."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT c.seq, c.entry_id, c.prev_hash, c.hash, {_PG_ENTRY_COLUMNS} FROM ledger_chainlink c "
-            "LEFT JOIN ledger_entry e ON e.id = c.entry_id WHERE c.seq > %s ORDER BY c.seq LIMIT %s",
+            "SELECT seq, entry_id, prev_hash, hash FROM ledger_chainlink WHERE seq > %s "
+            "ORDER BY seq LIMIT %s",
             [after_seq, chunk],
         )
-        rows = cursor.fetchall()
-        if not rows:
-            return [], {}
-        cursor.execute(
-            f"SELECT {_PG_POSTING_COLUMNS} FROM ledger_posting p "
-            "JOIN ledger_account a ON a.id = p.account_id WHERE p.entry_id = ANY(ARRAY("
-            "  SELECT entry_id FROM ledger_chainlink WHERE seq > %s AND seq <= %s))",
-            [after_seq, rows[-1][0]],
-        )
-        postings = _by_entry(cursor.fetchall())
-    documents = {
-        row[4]: entry_document_json(**_entry_fields(row[4:], postings)) for row in rows if row[4] is not None
-    }
-    return [row[:4] for row in rows], documents
+        links = cursor.fetchall()
+    if not links:
+        return [], {}
+    entries, postings = _entry_rows([link[1] for link in links], links=(after_seq, links[-1][0]))
+    return links, {row[0]: entry_document_json(**_entry_fields(row, postings)) for row in entries}
 
 
 def _chunks(chunk: int) -> Iterator[tuple[list[Link], dict[int, bytes]]]:
