@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,14 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from ledger.canonical import GENESIS_HASH, canonical_json, chain_hash, entry_document, timestamp
+from ledger.canonical import (
+    GENESIS_HASH,
+    canonical_json,
+    chain_hash,
+    entry_document,
+    entry_document_json,
+    timestamp,
+)
 from ledger.models import ChainLink, Checkpoint, Entry, Posting, UnsealedEntry
 
 SEAL_CHUNK = 5_000
@@ -27,28 +35,46 @@ _SEALER_LOCK_ID = 0x1ED6E5  # a constant advisory-lock id: one sealer at a time
 
 
 _PG_CANONICAL_TIME = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+# An entry's fields in the order ``_entry_fields`` takes them, on PostgreSQL with the times already canonical.
+_PG_ENTRY_COLUMNS = (
+    "e.id, e.idempotency_key, e.kind, "
+    f"{_PG_CANONICAL_TIME.format('e.posted_at')}, {_PG_CANONICAL_TIME.format('e.effective_at')}, "
+    "e.metadata::text, e.reverses_id, e.pending_transfer_id"
+)
+_PG_POSTING_COLUMNS = "p.entry_id, p.id, a.code, p.amount, p.currency"
+
+EntryRow = tuple[Any, ...]  # _PG_ENTRY_COLUMNS
+Postings = dict[int, list[tuple[int, str, int, str]]]
 
 
-def documents_for(entry_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Canonical documents for these entries, read with two queries.
+def _entry_rows(
+    entry_ids: Sequence[int], *, links: tuple[int, int] | None = None
+) -> tuple[list[EntryRow], Postings]:
+    """These entries' rows and their postings, read with two queries.
 
-    This is the verifier's hot loop, so it uses raw SQL: one array parameter instead of thousands of bound
-    ids, and on PostgreSQL timestamps already in canonical form instead of parsed and re-formatted."""
+    This is the sealer's and the verifier's hot loop, so it uses raw SQL: one array parameter instead of
+    thousands of bound ids, and on PostgreSQL timestamps already in canonical form instead of parsed and
+    re-formatted. The walk passes ``links`` (after, last): the entries are those of the links after seq
+    ``after`` up to ``last``, and PostgreSQL builds the array itself instead of receiving it. Always
+    ``= ANY(array)``: with ``IN (subquery)`` or a join the planner may scan every entry or posting, per
+    chunk."""
     ids = list(entry_ids)
-    postings: dict[int, list[tuple[int, str, int, str]]] = {eid: [] for eid in ids}
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            params: list[Any] = [ids] if links is None else list(links)
+            id_array = (
+                "%s"
+                if links is None
+                else "ARRAY(SELECT entry_id FROM ledger_chainlink WHERE seq > %s AND seq <= %s)"
+            )
             cursor.execute(
-                "SELECT id, idempotency_key, kind, "
-                f"{_PG_CANONICAL_TIME.format('posted_at')}, {_PG_CANONICAL_TIME.format('effective_at')}, "
-                "metadata::text, reverses_id, pending_transfer_id FROM ledger_entry WHERE id = ANY(%s)",
-                [ids],
+                f"SELECT {_PG_ENTRY_COLUMNS} FROM ledger_entry e WHERE e.id = ANY({id_array})", params
             )
             entries = cursor.fetchall()
             cursor.execute(
-                "SELECT p.id, p.entry_id, a.code, p.amount, p.currency FROM ledger_posting p "
-                "JOIN ledger_account a ON a.id = p.account_id WHERE p.entry_id = ANY(%s)",
-                [ids],
+                f"SELECT {_PG_POSTING_COLUMNS} FROM ledger_posting p "
+                f"JOIN ledger_account a ON a.id = p.account_id WHERE p.entry_id = ANY({id_array})",
+                params,
             )
             posting_rows = cursor.fetchall()
         else:
@@ -64,28 +90,49 @@ def documents_for(entry_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
                     "pending_transfer_id",
                 )
             )
-            entries = [(*row[:3], timestamp(row[3]), timestamp(row[4]), row[5], *row[6:]) for row in entries]
+            entries = [(*row[:3], timestamp(row[3]), timestamp(row[4]), *row[5:]) for row in entries]
             posting_rows = list(
                 Posting.objects.filter(entry_id__in=ids).values_list(
-                    "id", "entry_id", "account__code", "amount", "currency"
+                    "entry_id", "id", "account__code", "amount", "currency"
                 )
             )
-    for pid, eid, code, amount, currency in posting_rows:
-        postings[eid].append((pid, code, amount, currency))
+    return entries, _by_entry(posting_rows)
+
+
+def _by_entry(posting_rows: Iterable[tuple[int, int, str, int, str]]) -> Postings:
+    postings: Postings = {}
+    for eid, pid, code, amount, currency in posting_rows:
+        postings.setdefault(eid, []).append((pid, code, amount, currency))
+    return postings
+
+
+def _entry_fields(row: EntryRow, postings: Postings) -> dict[str, Any]:
+    metadata = row[5]
+    if isinstance(metadata, str):
+        metadata = {} if metadata == "{}" else json.loads(metadata)
     return {
-        row[0]: entry_document(
-            entry_id=row[0],
-            idempotency_key=row[1],
-            kind=row[2],
-            posted_at=row[3],
-            effective_at=row[4],
-            metadata=json.loads(row[5]) if isinstance(row[5], str) else row[5],
-            reverses_id=row[6],
-            pending_transfer_id=row[7],
-            postings=postings[row[0]],
-        )
-        for row in entries
+        "entry_id": row[0],
+        "idempotency_key": row[1],
+        "kind": row[2],
+        "posted_at": row[3],
+        "effective_at": row[4],
+        "metadata": metadata,
+        "reverses_id": row[6],
+        "pending_transfer_id": row[7],
+        "postings": postings.get(row[0], []),
     }
+
+
+def documents_for(entry_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Canonical documents for these entries (as proofs show them)."""
+    entries, postings = _entry_rows(entry_ids)
+    return {row[0]: entry_document(**_entry_fields(row, postings)) for row in entries}
+
+
+def document_bytes_for(entry_ids: Sequence[int]) -> dict[int, bytes]:
+    """``canonical_json`` of ``documents_for``: what the chain hashes."""
+    entries, postings = _entry_rows(entry_ids)
+    return {row[0]: entry_document_json(**_entry_fields(row, postings)) for row in entries}
 
 
 def seal(*, limit: int | None = None) -> int:
@@ -104,7 +151,7 @@ def seal(*, limit: int | None = None) -> int:
                 break
             head = ChainLink.objects.order_by("-seq").values_list("seq", "hash").first() or (0, GENESIS_HASH)
             seq, prev = head
-            docs = documents_for(queued)
+            docs = document_bytes_for(queued)
             now = timezone.now()
             links = []
             for entry_id in queued:
@@ -194,20 +241,57 @@ class LinkCheck:
     problem: str
 
 
+Link = tuple[int, int, str, str]  # seq, entry id, prev_hash, hash
+
+
+def _links_with_documents(after_seq: int, chunk: int) -> tuple[list[Link], dict[int, bytes]]:
+    """The next ``chunk`` links after ``after_seq``, and the canonical bytes of their entries as they are
+    now."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT seq, entry_id, prev_hash, hash FROM ledger_chainlink WHERE seq > %s "
+            "ORDER BY seq LIMIT %s",
+            [after_seq, chunk],
+        )
+        links = cursor.fetchall()
+    if not links:
+        return [], {}
+    entries, postings = _entry_rows([link[1] for link in links], links=(after_seq, links[-1][0]))
+    return links, {row[0]: entry_document_json(**_entry_fields(row, postings)) for row in entries}
+
+
+def _chunks(chunk: int) -> Iterator[tuple[list[Link], dict[int, bytes]]]:
+    """Every link in seq order, ``chunk`` at a time, with its entry's canonical bytes.
+
+    On PostgreSQL, outside a transaction, the next chunk is read while the caller hashes this one, by a
+    thread with a connection of its own: the database and Python work at once instead of taking turns. (Each
+    chunk is read as of its own queries either way; in a transaction a second connection could not see it.)"""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        last_seq = 0
+        while True:
+            links, documents = _links_with_documents(last_seq, chunk)
+            if not links:
+                return
+            yield links, documents
+            last_seq = links[-1][0]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain-reader") as reader:
+        try:
+            ahead = reader.submit(_links_with_documents, 0, chunk)
+            while True:
+                links, documents = ahead.result()
+                if not links:
+                    return
+                ahead = reader.submit(_links_with_documents, links[-1][0], chunk)
+                yield links, documents
+        finally:
+            reader.submit(connection.close)  # the reader thread's connection, after its last read
+
+
 def walk_chain(*, chunk: int = SEAL_CHUNK, progress: Any = None) -> Iterator[LinkCheck]:
     """Recompute every link from the entries as they are now; yield each link that does not match."""
     prev = GENESIS_HASH
     expected_seq = 0
-    last_seq = 0
-    while True:
-        links = list(
-            ChainLink.objects.filter(seq__gt=last_seq)
-            .order_by("seq")
-            .values_list("seq", "entry_id", "prev_hash", "hash")[:chunk]
-        )
-        if not links:
-            break
-        docs = documents_for([link[1] for link in links])
+    for links, docs in _chunks(chunk):
         for seq, entry_id, prev_hash, digest in links:
             expected_seq += 1
             if seq != expected_seq:
@@ -221,7 +305,6 @@ def walk_chain(*, chunk: int = SEAL_CHUNK, progress: Any = None) -> Iterator[Lin
             elif chain_hash(prev_hash, document) != digest:
                 yield LinkCheck(seq, entry_id, f"entry {entry_id} differs from what was sealed at link {seq}")
             prev = digest
-        last_seq = links[-1][0]
         if progress:
             progress(len(links))
 

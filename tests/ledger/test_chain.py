@@ -9,9 +9,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
-from ledger.canonical import GENESIS_HASH, chain_hash
+from ledger.canonical import GENESIS_HASH, canonical_json, chain_hash
 from ledger.chain import (
     create_checkpoint,
+    document_bytes_for,
     documents_for,
     public_key_hex,
     seal,
@@ -21,7 +22,16 @@ from ledger.chain import (
 )
 from ledger.models import ChainLink, Checkpoint, Entry, UnsealedEntry
 from ledger.money import cny
-from ledger.services import NewEntry, create_pending, credit, debit, post_batch, post_pending, transfer
+from ledger.services import (
+    NewEntry,
+    create_pending,
+    credit,
+    debit,
+    post_batch,
+    post_pending,
+    reverse_entry,
+    transfer,
+)
 from tests.ledger.conftest import Chart
 
 pytestmark = pytest.mark.django_db
@@ -199,3 +209,17 @@ def test_walk_chain_finds_nothing_on_a_clean_chain(accounts: Chart, some_entries
 
     assert list(walk_chain(chunk=2, progress=steps.append)) == []
     assert steps == [2, 2, 1]
+
+
+def test_the_bytes_the_chain_hashes_are_the_canonical_json_of_each_document(
+    accounts: Chart, some_entries: list[Entry]
+) -> None:
+    """document_bytes_for (sealer and verifier) against canonical_json of documents_for (proofs), on entries
+    of every shape: a hold posted (pending set), a reversal (reverses set, metadata with a reason)."""
+    reversal = reverse_entry(entry=some_entries[0], idempotency_key="rev-1", reason='重复 "duplicate"\n')
+    ids = [e.pk for e in some_entries] + [reversal.pk]
+
+    encoded = document_bytes_for(ids)
+    assert encoded == {pk: canonical_json(document) for pk, document in documents_for(ids).items()}
+    assert json.loads(encoded[reversal.pk])["reverses"] == some_entries[0].pk
+    assert json.loads(encoded[some_entries[-1].pk])["pending"] is not None

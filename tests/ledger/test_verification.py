@@ -11,6 +11,7 @@ databases: only the verifier can catch them.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
 from ledger import verification
-from ledger.chain import create_checkpoint, seal
+from ledger.chain import create_checkpoint, seal, walk_chain
 from ledger.models import Account, ChainLink, Checkpoint, Entry, PendingTransfer, Posting
 from ledger.money import cny
 from ledger.services import (
@@ -365,6 +366,30 @@ def test_postgres_a_changed_posting_amount_is_found(sealed: Sealed) -> None:
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("triggers_stay_on")
+def test_postgres_a_posting_moved_to_an_entry_that_does_not_exist_is_found(sealed: Sealed) -> None:
+    release = sealed.entries[1]
+    posting = Posting.objects.get(entry_id=release.pk, account_id=sealed.chart.payable.pk)
+    with tampering("ledger_posting") as cursor:
+        cursor.execute("UPDATE ledger_posting SET entry_id = 999999 WHERE id = %s", [posting.pk])
+
+    report = verification.verify()
+    assert (
+        verification.Finding(
+            "zero_sum", f"posting {posting.pk}", "belongs to entry 999999, which does not exist"
+        )
+        in report.findings
+    )
+    assert {(f.check, f.subject) for f in report.findings} == {
+        ("zero_sum", f"entry {release.pk}"),  # its sum, and its count of postings
+        ("zero_sum", f"posting {posting.pk}"),
+        ("zero_sum", "entry 999999"),  # the one posting's sum
+        ("chain", f"link {sealed.link_of(1)}"),
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("triggers_stay_on")
 def test_postgres_a_deleted_entry_is_found(sealed: Sealed) -> None:
     """Deleting the release (link 2) with its postings and its chain link."""
     release = sealed.entries[1]
@@ -425,6 +450,32 @@ def test_postgres_reordered_chain_links_are_found(sealed: Sealed) -> None:
 
     assert list(ChainLink.objects.order_by("seq").values_list("entry_id", flat=True))[1:3] == [third, second]
     assert findings() == {("chain", "link 2"), ("chain", "link 3")}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("triggers_stay_on")
+def test_postgres_the_walk_reading_ahead_finds_what_the_plain_walk_finds(sealed: Sealed) -> None:
+    """Outside a transaction the walk reads the next chunk on a second connection while it hashes this one.
+    In chunks of two, link 3 starts the second chunk: its prev_hash is checked against the first chunk's last
+    link, and a posting changed in link 4 is found there too, in order."""
+    third, fourth = sealed.entries[2].pk, sealed.entries[3].pk
+    with tampering("ledger_chainlink", "ledger_posting") as cursor:
+        cursor.execute("UPDATE ledger_chainlink SET prev_hash = %s WHERE seq = 3", ["ab" * 32])
+        cursor.execute("UPDATE ledger_posting SET amount = amount * 2 WHERE entry_id = %s", [fourth])
+
+    read_ahead = list(walk_chain(chunk=2))
+    with transaction.atomic():  # a second connection could not see this transaction: the plain walk
+        plain = list(walk_chain(chunk=2))
+
+    assert [(c.seq, c.entry_id, c.problem) for c in read_ahead] == [
+        (3, third, "link does not follow the previous one (prev_hash differs)"),
+        (3, third, f"entry {third} differs from what was sealed at link 3"),
+        (4, fourth, f"entry {fourth} differs from what was sealed at link 4"),
+    ]
+    assert plain == read_ahead
+    assert list(walk_chain(chunk=3)) == read_ahead
+    assert not [t for t in threading.enumerate() if t.name.startswith("chain-reader")]
 
 
 @pytest.mark.postgres
