@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,30 +260,14 @@ def _links_with_documents(after_seq: int, chunk: int) -> tuple[list[Link], dict[
 
 
 def _chunks(chunk: int) -> Iterator[tuple[list[Link], dict[int, bytes]]]:
-    """Every link in seq order, ``chunk`` at a time, with its entry's canonical bytes.
-
-    On PostgreSQL, outside a transaction, the next chunk is read while the caller hashes this one, by a
-    thread with a connection of its own: the database and Python work at once instead of taking turns. (Each
-    chunk is read as of its own queries either way; in a transaction a second connection could not see it.)"""
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
-        last_seq = 0
-        while True:
-            links, documents = _links_with_documents(last_seq, chunk)
-            if not links:
-                return
-            yield links, documents
-            last_seq = links[-1][0]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain-reader") as reader:
-        try:
-            ahead = reader.submit(_links_with_documents, 0, chunk)
-            while True:
-                links, documents = ahead.result()
-                if not links:
-                    return
-                ahead = reader.submit(_links_with_documents, links[-1][0], chunk)
-                yield links, documents
-        finally:
-            reader.submit(connection.close)  # the reader thread's connection, after its last read
+    """Every link in seq order, ``chunk`` at a time, with its entry's canonical bytes."""
+    last_seq = 0
+    while True:
+        links, documents = _links_with_documents(last_seq, chunk)
+        if not links:
+            return
+        yield links, documents
+        last_seq = links[-1][0]
 
 
 def walk_chain(*, chunk: int = SEAL_CHUNK, progress: Any = None) -> Iterator[LinkCheck]:
