@@ -404,9 +404,12 @@ def _server_side_cursor(db: Any) -> psycopg.Cursor[Any]:
 
 def large_batch_setup(rows: int) -> Sequence[str]:
     """The ``setup`` for ``execute_prepared`` of a statement over arrays of ``rows`` elements: from
-    ``_JIT_OFF_FROM_ENTRIES`` on, inside a transaction, no JIT and plans sized for the arrays (even after a
-    caller's ``use_generic_plans()``), as ``post_entries`` runs a large batch. Both last until the transaction
-    ends, so a statement needs it only when it is the first large one of its transaction."""
+    ``_JIT_OFF_FROM_ENTRIES`` on, inside a transaction, no JIT and the planner's own choice of plan again
+    (``plan_cache_mode = auto``, even after a caller's ``use_generic_plans()``), as ``post_entries`` runs a
+    large batch: custom plans sized for the arrays for the first five executions on a connection, then the
+    generic plan if PostgreSQL estimates it no dearer (it does for the 2,500-entry pipelined chunks, whose
+    generic plan is hash joins and index look-ups). Both settings last until the transaction ends, so a
+    statement needs them only when it is the first large one of its transaction."""
     return _LARGE_BATCH_SETUP if rows >= _JIT_OFF_FROM_ENTRIES and connection.in_atomic_block else []
 
 
