@@ -445,11 +445,12 @@ def new_account_insert(account: Any) -> tuple[str, list[Any]]:
     return _INSERT_NEW_ACCOUNT, params
 
 
-def next_account_id_column(vendor: str) -> str:
-    """An item of a select list that draws a new account's id from the accounts' sequence (PostgreSQL), for
-    ``services.new_accounts``; ``NULL`` on other databases, whose callers reserve ids their own way."""
+def next_id_column(model: Any, vendor: str) -> str:
+    """An item of a select list that draws a new id for ``model``'s table from its sequence (PostgreSQL), so a
+    statement that reads can also reserve the keys of rows about to be written (``services.new_accounts``, a
+    contract's signing); ``NULL`` on other databases, whose callers reserve ids their own way."""
     if vendor == "postgresql":
-        return "nextval(pg_get_serial_sequence('ledger_account', 'id'))"
+        return f"nextval(pg_get_serial_sequence('{model._meta.db_table}', 'id'))"
     return "NULL"
 
 

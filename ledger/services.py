@@ -145,7 +145,7 @@ class NewAccount:
 
 def new_accounts(*, accounts: Sequence[NewAccount], ids: Sequence[int]) -> list[Account]:
     """Accounts whose codes the caller has just made unique (e.g. from a primary key drawn in its own
-    transaction), under ids it drew from the accounts' sequence (``backends.next_account_id_column``), built
+    transaction), under ids it drew from the accounts' sequence (``backends.next_id_column``), built
     but not saved: the caller inserts them (``backends.new_account_insert``) in the same statement as its own
     rows (a contract's signing writes its two accounts and the contract in one). Returned in order.
 

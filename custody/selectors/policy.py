@@ -9,9 +9,10 @@ from functools import cache
 from django.db import connection
 
 from custody.errors import NotFound
-from custody.models import Course, GuidancePrice, Institution, Jurisdiction, Policy, Student
+from custody.models import Contract, Course, GuidancePrice, Institution, Jurisdiction, Policy, Student
 from custody.selectors._prepared import ModelColumns, fetch_one, load_joined, row_locks
-from ledger.backends import next_account_id_column
+from ledger.backends import next_id_column
+from ledger.models import Account
 
 
 def current_policy(jurisdiction: Jurisdiction) -> Policy:
@@ -83,8 +84,8 @@ SELECT {_COURSE.sql}, {_INSTITUTION.sql}, {_JURISDICTION.sql}, {_POLICY.sql}, s.
        (SELECT g.price_per_lesson_fen FROM custody_guidanceprice g
         WHERE g.policy_id = p.id AND g.class_size_band = c.class_size_band AND g.mode = c.mode
         ORDER BY g.id LIMIT 1),
-       {"nextval(pg_get_serial_sequence('custody_contract', 'id'))" if vendor == "postgresql" else "NULL"},
-       {next_account_id_column(vendor)}, {next_account_id_column(vendor)}
+       {next_id_column(Contract, vendor)},
+       {next_id_column(Account, vendor)}, {next_id_column(Account, vendor)}
 FROM custody_course c
 JOIN custody_institution i ON i.id = c.institution_id
 JOIN custody_jurisdiction j ON j.id = i.jurisdiction_id
