@@ -128,9 +128,9 @@ def documents_for(entry_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     return {row[0]: entry_document(**_entry_fields(row, postings)) for row in entries}
 
 
-def document_bytes_for(entry_ids: Sequence[int]) -> dict[int, bytes]:
-    """``canonical_json`` of ``documents_for``: what the chain hashes."""
-    entries, postings = _entry_rows(entry_ids)
+def document_bytes_for(entry_ids: Sequence[int], *, links: tuple[int, int] | None = None) -> dict[int, bytes]:
+    """``canonical_json`` of ``documents_for``: what the chain hashes (``links``: see ``_entry_rows``)."""
+    entries, postings = _entry_rows(entry_ids, links=links)
     return {row[0]: entry_document_json(**_entry_fields(row, postings)) for row in entries}
 
 
@@ -255,8 +255,7 @@ def _links_with_documents(after_seq: int, chunk: int) -> tuple[list[Link], dict[
         links = cursor.fetchall()
     if not links:
         return [], {}
-    entries, postings = _entry_rows([link[1] for link in links], links=(after_seq, links[-1][0]))
-    return links, {row[0]: entry_document_json(**_entry_fields(row, postings)) for row in entries}
+    return links, document_bytes_for([link[1] for link in links], links=(after_seq, links[-1][0]))
 
 
 def _chunks(chunk: int) -> Iterator[tuple[list[Link], dict[int, bytes]]]:
