@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends, "PIPELINE_CHUNK", 2)
+    monkeypatch.setattr(backends, "FIRST_CHUNK", 2)
 
 
 @pytest.fixture
@@ -96,6 +97,20 @@ def test_a_pipelined_batch_posts_every_entry_in_order_with_running_totals(
     for check in (check_entries_balance, check_materialized_totals, check_limits):
         check(report)
     assert report.ok, report.findings
+
+
+def test_a_smaller_first_chunk_is_sent_first_and_the_rest_at_full_size(
+    accounts: Chart, sent: list[tuple[list[str], list[int]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backends, "FIRST_CHUNK", 1)
+    entries = [payment(accounts, "100", key="pay-0")] + [
+        release_entry(accounts, "10", key=f"r-{i}") for i in range(4)
+    ]
+
+    post_batch(entries=entries)
+
+    assert [keys for keys, _ in sent] == [["pay-0"], ["r-0", "r-1"], ["r-2", "r-3"]]
+    assert balance(accounts.payable).posted == cny("40")
 
 
 def test_the_first_chunk_locks_every_account_of_the_batch_and_later_chunks_none(
