@@ -193,13 +193,20 @@ def transfer(
     metadata: Mapping[str, Any] | None = None,
 ) -> Entry:
     """Move ``amount`` from ``credit_account`` to ``debit_account`` (Dr debit_account / Cr credit_account)."""
-    return post_entry(
-        idempotency_key=idempotency_key,
-        kind=kind,
-        legs=[debit(debit_account, amount), credit(credit_account, amount)],
-        effective_at=effective_at,
-        metadata=metadata,
+    new = NewEntry(
+        idempotency_key,
+        kind,
+        [debit(debit_account, amount), credit(credit_account, amount)],
+        effective_at,
+        metadata or {},
     )
+    if isinstance(debit_account, Account) and isinstance(credit_account, Account):
+        entry = _post_new_in_autocommit(
+            new, {debit_account.code: debit_account, credit_account.code: credit_account}
+        )
+        if entry is not None:
+            return entry
+    return post_batch(entries=[new], on_error="rollback").entries[0]
 
 
 def post_entry(
@@ -213,6 +220,21 @@ def post_entry(
     new = NewEntry(idempotency_key, kind, legs, effective_at, metadata or {})
     result = post_batch(entries=[new], on_error="rollback")
     return result.entries[0]
+
+
+def _post_new_in_autocommit(new: NewEntry, accounts: Mapping[str, Account]) -> Entry | None:
+    """The commonest write, one entry outside any transaction on PostgreSQL, without ``post_batch``'s
+    bookkeeping for batches (about 0.1 ms of Python of a 0.35 ms call): its one statement commits on its own.
+    ``None`` when the key was posted before: ``post_batch`` then replays it or reports the conflict."""
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor != "postgresql" or db.in_atomic_block:
+        return None
+    spec = _entry_spec(new, accounts)
+    try:
+        written = backends.post_entries([spec]).get(spec.idempotency_key)
+    except IntegrityError as error:
+        raise _explain_integrity_error(error, [spec]) from None
+    return None if written is None else _entry_of(spec, written, db.alias)
 
 
 def post_batch(
@@ -462,24 +484,7 @@ def _write_specs(
         entries: list[Entry] = []
         for spec in kept:
             if spec.idempotency_key in written:
-                w = written[spec.idempotency_key]
-                # As the ORM builds a row it read (positional, in field order): a batch builds thousands.
-                entry = Entry.from_db(
-                    alias,
-                    _WRITTEN_ENTRY_FIELDS,
-                    (
-                        w.id,
-                        spec.idempotency_key,
-                        spec.request_hash,
-                        spec.kind,
-                        w.posted_at,
-                        w.effective_at,
-                        spec.metadata,
-                        spec.reverses_id,
-                        spec.pending_transfer_id,
-                    ),
-                )
-                entries.append(entry)
+                entries.append(_entry_of(spec, written[spec.idempotency_key], alias))
             else:
                 entries.append(existing[spec.idempotency_key])
         return entries
@@ -489,6 +494,26 @@ def _write_specs(
         replayed=len(kept) - len(written),
         failures=failures,
         build_entries=build_entries,
+    )
+
+
+def _entry_of(spec: EntrySpec, written: backends.WrittenEntry, alias: str) -> Entry:
+    """The ``Entry`` just written, without reading it back: built as the ORM builds a row it read
+    (positional, in field order), since a batch builds thousands."""
+    return Entry.from_db(
+        alias,
+        _WRITTEN_ENTRY_FIELDS,
+        (
+            written.id,
+            spec.idempotency_key,
+            spec.request_hash,
+            spec.kind,
+            written.posted_at,
+            written.effective_at,
+            spec.metadata,
+            spec.reverses_id,
+            spec.pending_transfer_id,
+        ),
     )
 
 
