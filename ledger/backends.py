@@ -167,7 +167,7 @@ ins_e AS (
            %(metadata)s::jsonb, %(reverses)s::bigint, %(pending)s::bigint
     FROM stamp s
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id, posted_at, effective_at
+    RETURNING id, posted_at
 ),
 queued AS (
     INSERT INTO ledger_unsealedentry (entry_id) SELECT id FROM ins_e
@@ -191,7 +191,8 @@ ins_p AS (
     FROM upd u
     ORDER BY u.id
 )
-SELECT id, posted_at, effective_at FROM ins_e
+-- effective_at is not read back: it is the caller's, or posted_at (one timestamp fewer to parse).
+SELECT id, posted_at FROM ins_e
 """
 
 # Posting holds in full, each under its own key, in one statement: what resolve_pending_batch's general
@@ -485,9 +486,9 @@ def _post_transfer_postgres(spec: EntrySpec) -> dict[str, WrittenEntry]:
     )
     if not rows:
         return {}
-    ((entry_id, posted_at, effective_at),) = rows
+    ((entry_id, posted_at),) = rows
     key = spec.idempotency_key
-    return {key: WrittenEntry(entry_id, key, posted_at, effective_at)}
+    return {key: WrittenEntry(entry_id, key, posted_at, _effective_at(spec.effective_at, posted_at))}
 
 
 def _post_entries_postgres(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
@@ -600,19 +601,20 @@ def _written_entries(
     if not ids or not keys:
         return {}
     effective = {s.idempotency_key: s.effective_at for s in specs}
-    written = {}
-    for id_, key in zip(ids, keys, strict=True):
-        moment = effective[key]
-        if moment is not None and moment.tzinfo is None:
-            moment = moment.replace(tzinfo=posted_at.tzinfo)  # as the session (UTC) read it
-        written[key] = WrittenEntry(
-            id=id_,
-            idempotency_key=key,
-            posted_at=posted_at,
-            # What PostgreSQL stored: timestamptz keeps the instant, read back in UTC like posted_at.
-            effective_at=posted_at if moment is None else moment.astimezone(posted_at.tzinfo),
-        )
-    return written
+    return {
+        key: WrittenEntry(id_, key, posted_at, _effective_at(effective[key], posted_at))
+        for id_, key in zip(ids, keys, strict=True)
+    }
+
+
+def _effective_at(requested: datetime | None, posted_at: datetime) -> datetime:
+    """An entry's ``effective_at`` as PostgreSQL stored it and would read it back: the requested moment (the
+    instant kept, in posted_at's zone, UTC; a naive one taken as the session's, UTC) or else posted_at."""
+    if requested is None:
+        return posted_at
+    if requested.tzinfo is None:
+        requested = requested.replace(tzinfo=posted_at.tzinfo)
+    return requested.astimezone(posted_at.tzinfo)
 
 
 def _post_entries_sqlite(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
@@ -671,7 +673,7 @@ def _post_entries_sqlite(specs: Sequence[EntrySpec]) -> dict[str, WrittenEntry]:
                 t[2] += 1
                 deltas[account_id][2] += 1
                 postings.append((entry_id, account_id, amount, currencies[account_id], posted_at, t[0], t[1]))
-            effective_at = spec.effective_at or posted_at
+            effective_at = _effective_at(spec.effective_at, posted_at)
             entries.append(
                 (
                     entry_id,

@@ -197,6 +197,11 @@ def test_effective_at_defaults_to_posted_at_and_can_be_given(accounts: Chart) ->
     stored_dated = Entry.objects.get(pk=dated.pk)
     assert stored_dated.effective_at == value_date
     assert stored_dated.posted_at != value_date
+    # What the call returned is what a read gives back, the same instant in the same zone.
+    assert (dated.effective_at, dated.effective_at.utcoffset()) == (
+        stored_dated.effective_at,
+        stored_dated.effective_at.utcoffset(),
+    )
 
 
 def test_metadata_is_kept(accounts: Chart) -> None:
