@@ -46,10 +46,23 @@ class FlowChart:
         return max([1, *(v for s in self.series for v in s.values)])
 
     @property
+    def step(self) -> int:
+        """The y axis' tick interval in fen: a round amount (1, 2 or 5 times a power of ten) that covers the
+        peak in at most four steps, so the axis reads ¥0, ¥10,000, ¥20,000… and not quarters of the peak."""
+        least = -(-self.peak // 4)
+        magnitude = 10 ** (len(str(least)) - 1)
+        return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= least)
+
+    @property
+    def top_value(self) -> int:
+        """The amount at the top of the y axis: the first tick at or above the peak."""
+        return self.step * -(-self.peak // self.step)
+
+    @property
     def left(self) -> int:
-        """Room for the widest y-axis label (the peak's, e.g. ¥24,656.30): about 7 px a character at the
+        """Room for the widest y-axis label (the top tick's, e.g. ¥30,000.00): about 7 px a character at the
         axis' 11 px font, and the 6 px gap before the axis."""
-        return 12 + 7 * len(format_yuan(self.peak))
+        return 12 + 7 * len(format_yuan(self.top_value))
 
     def _x(self, index: int) -> float:
         span = self.width - self.left - 8
@@ -57,7 +70,7 @@ class FlowChart:
 
     def _y(self, fen: int) -> float:
         span = self.height - self.top - self.bottom
-        return self.top + span - span * fen / self.peak
+        return self.top + span - span * fen / self.top_value
 
     def lines(self) -> list[tuple[Series, str]]:
         """Each series with its polyline points."""
@@ -67,7 +80,7 @@ class FlowChart:
         ]
 
     def y_ticks(self) -> list[tuple[float, int]]:
-        return [(self._y(self.peak * k // 4), self.peak * k // 4) for k in range(5)]
+        return [(self._y(fen), fen) for fen in range(0, self.top_value + 1, self.step)]
 
     def x_ticks(self) -> list[tuple[float, date]]:
         step = max(1, len(self.days) // 6)
