@@ -193,20 +193,13 @@ def transfer(
     metadata: Mapping[str, Any] | None = None,
 ) -> Entry:
     """Move ``amount`` from ``credit_account`` to ``debit_account`` (Dr debit_account / Cr credit_account)."""
-    new = NewEntry(
-        idempotency_key,
-        kind,
-        [debit(debit_account, amount), credit(credit_account, amount)],
-        effective_at,
-        metadata or {},
+    return post_entry(
+        idempotency_key=idempotency_key,
+        kind=kind,
+        legs=[debit(debit_account, amount), credit(credit_account, amount)],
+        effective_at=effective_at,
+        metadata=metadata,
     )
-    if isinstance(debit_account, Account) and isinstance(credit_account, Account):
-        entry = _post_new_in_autocommit(
-            new, {debit_account.code: debit_account, credit_account.code: credit_account}
-        )
-        if entry is not None:
-            return entry
-    return post_batch(entries=[new], on_error="rollback").entries[0]
 
 
 def post_entry(
@@ -218,14 +211,19 @@ def post_entry(
     metadata: Mapping[str, Any] | None = None,
 ) -> Entry:
     new = NewEntry(idempotency_key, kind, legs, effective_at, metadata or {})
-    result = post_batch(entries=[new], on_error="rollback")
-    return result.entries[0]
+    accounts = {leg.account.code: leg.account for leg in legs if isinstance(leg.account, Account)}
+    if len(accounts) == len(legs):
+        entry = _post_new_in_autocommit(new, accounts)
+        if entry is not None:
+            return entry
+    return post_batch(entries=[new], on_error="rollback").entries[0]
 
 
 def _post_new_in_autocommit(new: NewEntry, accounts: Mapping[str, Account]) -> Entry | None:
-    """The commonest write, one entry outside any transaction on PostgreSQL, without ``post_batch``'s
-    bookkeeping for batches (about 0.1 ms of Python of a 0.35 ms call): its one statement commits on its own.
-    ``None`` when the key was posted before: ``post_batch`` then replays it or reports the conflict."""
+    """The commonest write, one entry outside any transaction on PostgreSQL (its accounts given as objects,
+    so nothing needs looking up), without ``post_batch``'s bookkeeping for batches, about 0.05 ms of Python
+    a call: its one statement commits on its own. ``None`` on other databases, inside a transaction, or when
+    the key was posted before (``post_batch`` then replays it or reports the conflict)."""
     db = connections[DEFAULT_DB_ALIAS]
     if db.vendor != "postgresql" or db.in_atomic_block:
         return None

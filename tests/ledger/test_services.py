@@ -1,8 +1,8 @@
 """``ledger.services``: accounts, entries, idempotency, balance limits, batches and reversals.
 
 Every test runs on SQLite and on PostgreSQL (the second CI pass) unless marked ``postgres``. On PostgreSQL a
-single ``transfer`` outside any transaction takes another path (one autocommit statement, no savepoint); the
-``transaction=True`` tests at the end cover it.
+single ``transfer`` or ``post_entry`` outside any transaction takes another path (one autocommit statement, no
+savepoint, not through ``post_batch``); the ``transaction=True`` tests at the end cover it.
 """
 
 from __future__ import annotations
@@ -1009,7 +1009,7 @@ def test_a_reversal_that_would_break_a_limit_is_refused(
     assert not Entry.objects.filter(reverses_id=payment.pk).exists()
 
 
-# --- PostgreSQL: one transfer outside a transaction is one autocommit statement --------------------------
+# --- PostgreSQL: one entry outside a transaction is one autocommit statement -----------------------------
 
 
 @pytest.mark.postgres
@@ -1043,6 +1043,30 @@ def test_autocommit_transfer_replay_and_conflict(accounts: Chart, counts: Callab
     assert again.pk == first.pk
     assert counts() == before
     assert posted(accounts.prepaid) == cny("100")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_autocommit_entry_of_three_postings_returns_what_a_read_gives_and_replays(
+    accounts: Chart, counts: Callable[[], RowCounts]
+) -> None:
+    legs = [
+        debit(accounts.cash, cny("100")),
+        credit(accounts.prepaid, cny("70")),
+        credit(accounts.payable, cny("30")),
+    ]
+    dated = datetime(2026, 3, 2, 9, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
+
+    entry = post_entry(idempotency_key="split-1", kind="payment", legs=legs, effective_at=dated)
+    before = counts()
+    again = post_entry(idempotency_key="split-1", kind="payment", legs=legs, effective_at=dated)
+
+    stored = Entry.objects.get(pk=entry.pk)
+    fields = ("pk", "idempotency_key", "request_hash", "kind", "posted_at", "effective_at", "metadata")
+    assert [getattr(entry, f) for f in fields] == [getattr(stored, f) for f in fields]
+    assert entry.effective_at.utcoffset() == stored.effective_at.utcoffset()
+    assert again.pk == entry.pk and counts() == before
+    assert sorted(stored.postings.values_list("amount", flat=True)) == [-7000, -3000, 10000]
 
 
 @pytest.mark.postgres
