@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -41,11 +42,11 @@ class FlowChart:
     bottom: int = 28
     top: int = 12
 
-    @property
+    @cached_property
     def peak(self) -> int:
         return max([1, *(v for s in self.series for v in s.values)])
 
-    @property
+    @cached_property
     def step(self) -> int:
         """The y axis' tick interval in fen: a round amount (1, 2 or 5 times a power of ten) that covers the
         peak in at most four steps, so the axis reads ¥0, ¥10,000, ¥20,000… and not quarters of the peak."""
@@ -53,12 +54,12 @@ class FlowChart:
         magnitude = 10 ** (len(str(least)) - 1)
         return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= least)
 
-    @property
+    @cached_property
     def top_value(self) -> int:
         """The amount at the top of the y axis: the first tick at or above the peak."""
         return self.step * -(-self.peak // self.step)
 
-    @property
+    @cached_property
     def left(self) -> int:
         """Room for the widest y-axis label (the top tick's, e.g. ¥30,000.00): about 7 px a character at the
         axis' 11 px font, and the 6 px gap before the axis."""
