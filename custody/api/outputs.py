@@ -162,6 +162,11 @@ class InstitutionMoneyOutput(serializers.Serializer):
     refund_payable = MoneyField(
         source="refund_payable_fen", min_fen=0, help_text="已批准待退 Σ refund_payable:c"
     )
+    reserve = MoneyField(
+        source="reserve_fen",
+        min_fen=0,
+        help_text="风险保证金 reserve at the bank (risk-reserve mode; else 0)",
+    )
 
 
 class PaymentOutput(serializers.Serializer):

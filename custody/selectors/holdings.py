@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import F, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value
-from django.db.models.functions import Coalesce
+from django.db.models import CharField, F, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Cast, Coalesce, Concat
 
 from custody.models import Contract, Institution
 from custody.selectors._prepared import fetch_one
+from ledger.models import Account
 
 _PREPAID_CR = F("prepaid_account__credits_posted")
 _PREPAID_DR = F("prepaid_account__debits_posted")
@@ -99,14 +100,24 @@ def _contract_sum(expression: F | object) -> Subquery:
     )
 
 
+def _reserve_cash() -> Subquery:
+    """The posted balance of the institution's ``reserve_cash:i`` (risk-reserve mode; none in bank custody),
+    found by its code's unique index."""
+    code = Concat(Value("reserve_cash:i"), Cast(OuterRef("pk"), output_field=CharField()))
+    return Subquery(
+        Account.objects.filter(code=code).values(balance=F("debits_posted") - F("credits_posted"))[:1]
+    )
+
+
 def institutions_with_money(institutions: QuerySet[Institution]) -> QuerySet[Institution]:
     """Institutions annotated, in fen: ``cash_fen`` (custody_cash:i posted), ``cash_pending_out_fen``
-    (instructed payouts not yet executed), ``payable_fen``, ``prepaid_fen`` (Σ prepaid:c) and
-    ``refund_payable_fen`` (Σ refund_payable:c)."""
+    (instructed payouts not yet executed), ``payable_fen``, ``prepaid_fen`` (Σ prepaid:c),
+    ``refund_payable_fen`` (Σ refund_payable:c) and ``reserve_fen`` (reserve_cash:i, risk-reserve mode)."""
     return institutions.annotate(
         cash_fen=Coalesce(F("cash_account__debits_posted") - F("cash_account__credits_posted"), 0),
         cash_pending_out_fen=Coalesce(F("cash_account__credits_pending"), 0),
         payable_fen=Coalesce(F("payable_account__credits_posted") - F("payable_account__debits_posted"), 0),
         prepaid_fen=Coalesce(_contract_sum(_PREPAID_CR - _PREPAID_DR), 0),
         refund_payable_fen=Coalesce(_contract_sum(_REFUND_CR - _REFUND_DR), 0),
+        reserve_fen=Coalesce(_reserve_cash(), 0),
     )

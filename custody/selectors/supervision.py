@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 
 from custody.models import (
     AlertLevel,
@@ -20,6 +20,7 @@ from custody.models import (
     Refund,
     RefundState,
     RiskAlert,
+    SupervisionMode,
 )
 from custody.selectors.holdings import institutions_with_money
 from custody.services.calendar import local_today
@@ -34,6 +35,13 @@ class Overview:
     payable_fen: int = 0
     prepaid_fen: int = 0
     refund_payable_fen: int = 0
+    # The totals above split by supervision mode. Custody cash answers only for the bank-custody
+    # institutions' liabilities (invariant 3); a risk-reserve institution holds its parents' money itself
+    # and keeps a reserve at the bank instead.
+    custody_owed_fen: int = 0
+    reserve_mode_institutions: int = 0
+    reserve_mode_owed_fen: int = 0
+    reserve_cash_fen: int = 0
     active_contracts: int = 0
     lessons_pending: int = 0
     lessons_disputed: int = 0
@@ -46,11 +54,17 @@ class Overview:
 
 def overview(institutions: QuerySet[Institution]) -> Overview:
     by_state = dict(institutions.order_by().values("state").annotate(n=Count("pk")).values_list("state", "n"))
+    owed = F("prepaid_fen") + F("payable_fen") + F("refund_payable_fen")
+    reserve_mode = Q(supervision_mode=SupervisionMode.RISK_RESERVE)
     money = institutions_with_money(institutions).aggregate(
         cash=Sum("cash_fen"),
         payable=Sum("payable_fen"),
         prepaid=Sum("prepaid_fen"),
         refund=Sum("refund_payable_fen"),
+        custody_owed=Sum(owed, filter=~reserve_mode),
+        reserve_mode_institutions=Count("pk", filter=reserve_mode),
+        reserve_mode_owed=Sum(owed, filter=reserve_mode),
+        reserve_cash=Sum("reserve_fen", filter=reserve_mode),
     )
     ids = institutions.values("pk")
     lessons = dict(
@@ -83,6 +97,10 @@ def overview(institutions: QuerySet[Institution]) -> Overview:
         payable_fen=int(money["payable"] or 0),
         prepaid_fen=int(money["prepaid"] or 0),
         refund_payable_fen=int(money["refund"] or 0),
+        custody_owed_fen=int(money["custody_owed"] or 0),
+        reserve_mode_institutions=int(money["reserve_mode_institutions"] or 0),
+        reserve_mode_owed_fen=int(money["reserve_mode_owed"] or 0),
+        reserve_cash_fen=int(money["reserve_cash"] or 0),
         active_contracts=Contract.objects.filter(institution_id__in=ids, state=ContractState.ACTIVE).count(),
         lessons_pending=lessons.get(LessonState.PENDING, 0),
         lessons_disputed=lessons.get(LessonState.DISPUTED, 0),

@@ -97,6 +97,22 @@ class RegulatorOverviewView(ApiView):
         payable = MoneyField(source="payable_fen", min_fen=0)
         prepaid = MoneyField(source="prepaid_fen", min_fen=0)
         refund_payable = MoneyField(source="refund_payable_fen", min_fen=0)
+        custody_owed = MoneyField(
+            source="custody_owed_fen",
+            min_fen=0,
+            help_text="银行托管机构的应付 owed by bank-custody institutions (custody cash answers for it)",
+        )
+        reserve_mode_institutions = serializers.IntegerField(
+            help_text="风险保证金模式机构数 risk-reserve institutions"
+        )
+        reserve_mode_owed = MoneyField(
+            source="reserve_mode_owed_fen",
+            min_fen=0,
+            help_text="风险保证金模式机构自管的应付 owed by risk-reserve institutions, held by themselves",
+        )
+        reserve_cash = MoneyField(
+            source="reserve_cash_fen", min_fen=0, help_text="银行保证金 their reserves at the bank"
+        )
         active_contracts = serializers.IntegerField()
         lessons_pending = serializers.IntegerField()
         lessons_disputed = serializers.IntegerField()

@@ -20,7 +20,9 @@ from custody.models import (
     ReserveCheck,
 )
 from custody.selectors.balances import custody_invariant
+from custody.selectors.holdings import institutions_with_money
 from custody.selectors.refunds import closure_shortfalls
+from custody.selectors.supervision import overview
 from custody.services.closures import order_closure, run_closure
 from custody.services.lessons import NewLesson, confirm_lesson, record_lessons
 from custody.services.payouts import record_payout_result, run_release_payouts
@@ -167,3 +169,32 @@ def test_pro_rata_shares_add_up_exactly_and_never_exceed_a_claim(
     assert shares == expected
     assert sum(shares) == min(available, sum(amounts))
     assert all(0 <= s <= a for s, a in zip(shares, amounts, strict=True))
+
+
+def test_the_regulators_overview_sets_custody_cash_against_the_bank_custody_institutions_only(
+    reserve_contracts: list[Contract],
+    reserve_institution: Institution,
+    course: Course,
+    make_contract: ContractFactory,
+    make_student: Callable,
+    pay: Callable,
+) -> None:
+    """Summing every institution's liabilities against custody cash would show a reserve institution's
+    money (which it holds itself) as a custody shortfall: the overview keeps the two modes apart."""
+    pay(make_contract(course=course, student=make_student()))
+    deposit_reserve(institution=reserve_institution, amount=cny("500.00"), key="DEP-OVERVIEW")
+    custody_institution = course.institution
+
+    summary = overview(Institution.objects.all())
+
+    assert summary.custody_cash_fen == posted(cash(custody_institution)) > 0
+    assert summary.custody_owed_fen == summary.custody_cash_fen
+    assert summary.reserve_mode_institutions == 1
+    assert summary.reserve_mode_owed_fen == 240_000
+    assert summary.reserve_cash_fen == 50_000
+    assert summary.prepaid_fen == summary.custody_owed_fen + summary.reserve_mode_owed_fen
+    by_pk = {i.pk: i for i in institutions_with_money(Institution.objects.all())}
+    assert (by_pk[reserve_institution.pk].reserve_fen, by_pk[custody_institution.pk].reserve_fen) == (
+        50_000,
+        0,
+    )
