@@ -7,6 +7,10 @@ from collections.abc import Callable
 from datetime import date, timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from custody.errors import RuleViolation
 from custody.models import (
@@ -14,9 +18,11 @@ from custody.models import (
     Contract,
     Course,
     Institution,
+    Jurisdiction,
     PayoutInstruction,
     Refund,
     RefundState,
+    RegulatorProfile,
     ReserveCheck,
 )
 from custody.selectors.balances import custody_invariant
@@ -198,3 +204,30 @@ def test_the_regulators_overview_sets_custody_cash_against_the_bank_custody_inst
         50_000,
         0,
     )
+
+
+def test_the_regulators_pages_show_a_reserve_institutions_reserve_not_an_empty_custody_account(
+    reserve_contracts: list[Contract],
+    reserve_institution: Institution,
+    jurisdiction: Jurisdiction,
+    client: Client,
+) -> None:
+    deposit_reserve(institution=reserve_institution, amount=cny("500.00"), key="DEP-PAGES")
+    user = get_user_model().objects.create_user(username="reserve-regulator", password="x")
+    RegulatorProfile.objects.create(user=user, jurisdiction=jurisdiction)
+    device = TOTPDevice.objects.create(user=user, name="test", confirmed=True)
+    client.force_login(user)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id  # the TOTP step passed
+    session.save()
+
+    home = client.get("/regulator/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    page = client.get(f"/regulator/institutions/{reserve_institution.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+
+    assert home.status_code == page.status_code == 200
+    home_text = home.content.decode()
+    assert "另有 1 家风险保证金模式机构：应付 ¥2,400.00 由机构自管，银行保证金 ¥500.00。" in home_text
+    assert '¥500.00 <small class="muted">保证金</small>' in home_text
+    page_text = page.content.decode()
+    assert "机构自管账户 + 在途" in page_text and "托管账户 + 在途" not in page_text
+    assert "由银行保证金 ¥500.00 担保" in page_text
