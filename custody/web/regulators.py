@@ -40,6 +40,7 @@ from custody.models import (
     RefundReason,
     RefundState,
     RiskAlert,
+    SupervisionMode,
     TeachingMode,
 )
 from custody.selectors.access import institutions_in_scope
@@ -126,7 +127,8 @@ def home(request: HttpRequest) -> HttpResponse:
         item.owed_fen = item.prepaid_fen + item.payable_fen + item.refund_payable_fen
         item.open_breaks = open_breaks.get(item.pk, 0)
         item.tie_out = tie_outs.get(item.pk)
-        peak = max(peak, item.cash_fen, item.owed_fen)
+        if item.supervision_mode != SupervisionMode.RISK_RESERVE:  # the only rows drawn as bars
+            peak = max(peak, item.cash_fen, item.owed_fen)
     for item in institutions:
         item.cash_width = item.cash_fen * 100 // peak
         item.owed_width = item.owed_fen * 100 // peak

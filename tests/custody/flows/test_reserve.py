@@ -211,8 +211,13 @@ def test_the_regulators_pages_show_a_reserve_institutions_reserve_not_an_empty_c
     reserve_institution: Institution,
     jurisdiction: Jurisdiction,
     client: Client,
+    course: Course,
+    make_contract: ContractFactory,
+    make_student: Callable,
+    pay: Callable,
 ) -> None:
     deposit_reserve(institution=reserve_institution, amount=cny("500.00"), key="DEP-PAGES")
+    pay(make_contract(course=course, student=make_student()))  # a bank-custody institution beside it
     user = get_user_model().objects.create_user(username="reserve-regulator", password="x")
     RegulatorProfile.objects.create(user=user, jurisdiction=jurisdiction)
     device = TOTPDevice.objects.create(user=user, name="test", confirmed=True)
@@ -228,6 +233,9 @@ def test_the_regulators_pages_show_a_reserve_institutions_reserve_not_an_empty_c
     home_text = home.content.decode()
     assert "另有 1 家风险保证金模式机构：应付 ¥2,400.00 由机构自管，银行保证金 ¥500.00。" in home_text
     assert '¥500.00 <small class="muted">保证金</small>' in home_text
+    # The bars are scaled to the rows drawn as bars: the reserve institution's larger debt does not shrink
+    # the custody institution's (whose cash equals what it owes, so both bars are full).
+    assert home_text.count('style="width:100%"') == 2
     page_text = page.content.decode()
     assert "机构自管账户 + 在途" in page_text and "托管账户 + 在途" not in page_text
     assert "由银行保证金 ¥500.00 担保" in page_text
