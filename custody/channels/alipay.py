@@ -44,6 +44,7 @@ from custody.channels.base import (
     decode_signature,
     require_aware,
     require_text,
+    within_calendar,
     yuan_to_fen,
 )
 from custody.channels.errors import CallbackRejected, RejectCode, rejected
@@ -114,7 +115,10 @@ def _beijing_time(params: Mapping[str, str], key: str) -> datetime:
     try:
         if not _ALIPAY_TIME.fullmatch(text):
             raise ValueError(text)
-        return datetime.strptime(text, _ALIPAY_TIME_FORMAT).replace(tzinfo=BEIJING)
+        moment = datetime.strptime(text, _ALIPAY_TIME_FORMAT).replace(tzinfo=BEIJING)
+        if not within_calendar(moment):
+            raise ValueError(text)
+        return moment
     except ValueError:
         raise rejected(
             RejectCode.MALFORMED,

@@ -133,7 +133,26 @@ def decode_signature(text: str) -> bytes:
 def parse_unix_timestamp(text: str, *, name: str) -> datetime:
     if not _UNIX_SECONDS.fullmatch(text):
         raise rejected(RejectCode.MALFORMED, f"{name} 不是 Unix 秒数", f"{name} is not unix seconds")
-    return datetime.fromtimestamp(int(text), tz=UTC)
+    try:
+        return datetime.fromtimestamp(int(text), tz=UTC)
+    except (ValueError, OverflowError, OSError):  # twelve digits reach past the year 9999
+        raise rejected(
+            RejectCode.MALFORMED, f"{name} 超出日历范围", f"{name} is beyond the calendar"
+        ) from None
+
+
+# A moment at least a day from either end of the calendar stays a valid datetime in UTC (the database) and in
+# any time zone (Asia/Shanghai for business dates); one nearer the ends crashes the code that stores it.
+_EARLIEST_MOMENT = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
+_LATEST_MOMENT = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+
+
+def within_calendar(moment: datetime) -> bool:
+    """Whether the aware ``moment`` can be stored and shown in any time zone."""
+    try:
+        return _EARLIEST_MOMENT <= moment.astimezone(UTC) <= _LATEST_MOMENT
+    except OverflowError:
+        return False
 
 
 def check_nonce(text: str, *, name: str) -> None:
@@ -257,6 +276,10 @@ def require_aware_datetime(data: Mapping[str, object], key: str, *, name: str | 
             RejectCode.MALFORMED,
             f"字段 {name} 不是带时区的 ISO 8601 时间",
             f"field {name} is not an ISO 8601 time with a UTC offset",
+        )
+    if not within_calendar(moment):
+        raise rejected(
+            RejectCode.MALFORMED, f"字段 {name} 超出日历范围", f"field {name} is beyond the calendar"
         )
     return moment
 

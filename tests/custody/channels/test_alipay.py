@@ -278,6 +278,7 @@ def test_an_unpaid_trade_is_not_paid_and_acknowledged(
         {"gmt_payment": None},
         {"gmt_payment": "2024/03/01 09:59:40"},
         {"gmt_payment": "2024-02-30 09:59:40"},
+        {"gmt_payment": "0001-01-01 00:00:00"},  # Beijing time before the first UTC moment
         {"notify_time": None},
         {"notify_time": "2024-03-01T10:00:00+08:00"},
         {"buyer_id": None},

@@ -233,6 +233,9 @@ def test_a_missing_header_is_malformed(
         pytest.param(body(currency="USD"), id="currency"),
         pytest.param(body(paid_at="2024-03-01T09:58:30"), id="naive-time"),
         pytest.param(body(paid_at="yesterday"), id="not-a-time"),
+        # Valid ISO 8601, but not a moment Python can hold in UTC (nor, then, in the database).
+        pytest.param(body(paid_at="0001-01-01T00:00:00+14:00"), id="time-before-the-calendar"),
+        pytest.param(body(paid_at="9999-12-31T23:59:59-14:00"), id="time-after-the-calendar"),
         pytest.param(body(transaction_id=123), id="numeric-id"),
         pytest.param(body(order_reference="x" * 129), id="long-reference"),
         pytest.param(body(payer_account="622\n202"), id="control-character"),
@@ -256,6 +259,7 @@ def test_a_signed_but_malformed_body_is_malformed(
         (" 1709258400", "n"),
         ("1709258400", "a b"),
         ("1709258400", "é"),
+        ("999999999999", "n"),  # unix seconds, but past the year 9999
     ],
 )
 def test_signed_but_malformed_timestamp_or_nonce_is_malformed(
