@@ -12,11 +12,15 @@ not open; tests/custody/api/test_permission_matrix.py also fails on it.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, cast
 
+import django_filters
 from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404
+from django_filters.fields import IsoDateTimeField
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import generics, serializers
 from rest_framework.filters import OrderingFilter
@@ -101,6 +105,26 @@ class ApiDetailView(_ActorMixin, generics.RetrieveAPIView):
 
 # Ids in requests are bounded to what a bigint column holds: a larger number is a field error, not a crash.
 MAX_ID = 2**63 - 1
+
+
+class _CalendarIsoDateTimeField(IsoDateTimeField):
+    default_error_messages = {"calendar": "时间超出日历范围 the time is beyond the calendar"}
+
+    def to_python(self, value: Any) -> datetime | None:
+        moment = super().to_python(value)
+        if moment is not None:
+            try:
+                moment.astimezone(UTC)  # what the database is sent
+            except OverflowError:
+                raise ValidationError(self.error_messages["calendar"], code="calendar") from None
+        return moment
+
+
+class IsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """django-filter's ISO 8601 time filter, but a time with no UTC moment (``0001-01-01T00:00:00+14:00``,
+    ``9999-12-31T23:59:59-14:00``) is a field error rather than a crash when the query is built."""
+
+    field_class = _CalendarIsoDateTimeField
 
 
 def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:

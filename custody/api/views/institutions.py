@@ -21,6 +21,7 @@ from custody.api.base import (
     ApiDetailView,
     ApiListView,
     ApiView,
+    IsoDateTimeFilter,
     MethodPermissionsMixin,
     own_or_404,
     validated,
@@ -359,8 +360,8 @@ class InstitutionRefundAnswerView(ApiView):
 class PayoutFilter(django_filters.FilterSet):
     kind = django_filters.ChoiceFilter(choices=PayoutKind.choices)
     state = django_filters.ChoiceFilter(choices=PayoutState.choices)
-    instructed_after = django_filters.IsoDateTimeFilter(field_name="instructed_at", lookup_expr="gte")
-    instructed_before = django_filters.IsoDateTimeFilter(field_name="instructed_at", lookup_expr="lt")
+    instructed_after = IsoDateTimeFilter(field_name="instructed_at", lookup_expr="gte")
+    instructed_before = IsoDateTimeFilter(field_name="instructed_at", lookup_expr="lt")
 
     class Meta:
         model = PayoutInstruction

@@ -20,6 +20,7 @@ from custody.api.base import (
     ApiDetailView,
     ApiListView,
     ApiView,
+    IsoDateTimeFilter,
     own_or_404,
     own_or_field_error,
     validated,
@@ -350,8 +351,8 @@ def balance_json(holdings: Holdings) -> dict[str, Any]:
 class LessonFilter(django_filters.FilterSet):
     state = django_filters.ChoiceFilter(choices=LessonState.choices)
     contract = django_filters.NumberFilter(field_name="contract_id", min_value=1, max_value=MAX_ID)
-    held_after = django_filters.IsoDateTimeFilter(field_name="held_at", lookup_expr="gte")
-    held_before = django_filters.IsoDateTimeFilter(field_name="held_at", lookup_expr="lt")
+    held_after = IsoDateTimeFilter(field_name="held_at", lookup_expr="gte")
+    held_before = IsoDateTimeFilter(field_name="held_at", lookup_expr="lt")
 
     class Meta:
         model = Lesson

@@ -22,6 +22,7 @@ from custody.api.base import (
     ApiDetailView,
     ApiListView,
     ApiView,
+    IsoDateTimeFilter,
     own_or_404,
     own_or_field_error,
     validated,
@@ -578,7 +579,7 @@ class AlertFilter(django_filters.FilterSet):
     level = django_filters.ChoiceFilter(choices=AlertLevel.choices)
     rule = django_filters.ChoiceFilter(choices=AlertRule.choices)
     institution = django_filters.NumberFilter(field_name="institution_id", min_value=1, max_value=MAX_ID)
-    raised_after = django_filters.IsoDateTimeFilter(field_name="raised_at", lookup_expr="gte")
+    raised_after = IsoDateTimeFilter(field_name="raised_at", lookup_expr="gte")
 
     class Meta:
         model = RiskAlert
@@ -788,8 +789,8 @@ class AuditFilter(django_filters.FilterSet):
     target_type = django_filters.CharFilter(max_length=50)
     target_id = django_filters.CharFilter(max_length=64)
     outcome = django_filters.ChoiceFilter(choices=AuditOutcome.choices)
-    occurred_after = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    occurred_before = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    occurred_after = IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    occurred_before = IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent

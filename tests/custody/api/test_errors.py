@@ -172,6 +172,30 @@ def test_bad_query_parameters_are_400_and_pages_past_the_end_404(world: World) -
     assert_error(parent.get("/api/v1/parent/courses/", {"subject": "数\x00学"}), 400, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    ("role", "path", "parameter"),
+    [
+        ("parent", "/api/v1/parent/lessons/", "held_after"),
+        ("manager", "/api/v1/institution/lessons/", "held_before"),
+        ("manager", "/api/v1/institution/payouts/", "instructed_after"),
+        ("bank", "/api/v1/bank/payouts/", "instructed_before"),
+        ("regulator", "/api/v1/regulator/disputes/", "held_after"),
+        ("regulator", "/api/v1/regulator/alerts/", "raised_after"),
+        ("regulator", "/api/v1/regulator/audit/", "occurred_before"),
+    ],
+)
+@pytest.mark.parametrize(
+    "moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00"]
+)
+def test_a_time_filter_beyond_the_calendar_is_400_not_500(
+    world: World, role: str, path: str, parameter: str, moment: str
+) -> None:
+    # Valid ISO 8601, but with no UTC moment: the query cannot be built, so it is bad input.
+    response = world.client(role).get(path, {parameter: moment})
+    error = assert_error(response, 400, "invalid_request", field=parameter)
+    assert parameter in error["details"]["fields"]
+
+
 def test_lessons_in_the_future_and_beyond_the_hours_are_rule_violations(world: World) -> None:
     teacher = world.client("teacher")
     future = {
