@@ -86,6 +86,8 @@ def latest_service_end(starts_on: date, months: int) -> date:
     """The last day a service period starting on ``starts_on`` may cover under an N-month cap."""
     month_index = starts_on.month - 1 + months
     year, month = starts_on.year + month_index // 12, month_index % 12 + 1
+    if year > date.max.year:  # the period may run to the last day there is
+        return date.max
     if starts_on.day <= calendar.monthrange(year, month)[1]:
         return date(year, month, starts_on.day) - timedelta(days=1)
     return date(year, month, calendar.monthrange(year, month)[1])

@@ -90,6 +90,17 @@ def test_wrong_types_huge_numbers_and_inexact_money_are_field_errors(
     assert field in error["details"]["fields"]
 
 
+def test_a_service_period_at_the_end_of_the_calendar_is_a_rule_violation(world: World) -> None:
+    response = world.client("parent").post(
+        "/api/v1/parent/contracts/",
+        sign_body(world, service_starts_on="9999-12-01", service_ends_on="9999-12-31"),
+        format="json",
+        **idem(),
+    )
+    error = assert_error(response, 422, "rule_violation", field="service_starts_on")
+    assert error["details"]["rule"] == "earliest_charge"
+
+
 def test_unknown_and_other_peoples_ids_are_not_found(world: World) -> None:
     parent = world.client("parent")
     assert_error(parent.get("/api/v1/parent/contracts/999999999/"), 404, "not_found")

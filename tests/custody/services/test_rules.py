@@ -29,6 +29,11 @@ from custody.models import Policy
         (date(2026, 11, 1), 3, date(2027, 1, 31)),
         (date(2026, 1, 1), 12, date(2026, 12, 31)),
         (date(2026, 5, 31), 1, date(2026, 6, 30)),
+        # Past the end of the calendar: the period may run to its last day (a request for a service
+        # starting in 9999 was a 500 from the API).
+        (date(9999, 12, 1), 3, date.max),
+        (date(9999, 10, 1), 3, date(9999, 12, 31)),
+        (date(9999, 11, 15), 120, date.max),
     ],
 )
 def test_latest_service_end(starts_on: date, months: int, latest: date) -> None:
