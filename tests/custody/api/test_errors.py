@@ -173,6 +173,18 @@ def test_unsupported_media_type_unknown_paths_and_methods(world: World) -> None:
     assert_error(parent.delete("/api/v1/parent/contracts/"), 405, "method_not_allowed")
 
 
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+@pytest.mark.parametrize("role", [None, "manager"])
+def test_an_unknown_api_path_is_404_json_whatever_the_method(
+    world: World, method: str, role: str | None
+) -> None:
+    # As a real client sends it: CSRF is checked (the test client skips that unless told), no cookie.
+    client = world.client(role) if role else APIClient()
+    client.handler.enforce_csrf_checks = True
+    response = getattr(client, method)("/api/v1/institution/no-such-thing/", {}, format="json", **idem())
+    assert_error(response, 404, "not_found")
+
+
 def test_bad_query_parameters_are_400_and_pages_past_the_end_404(world: World) -> None:
     parent = world.client("parent")
     error = assert_error(parent.get("/api/v1/parent/contracts/", {"state": "bogus"}), 400, "invalid_request")
