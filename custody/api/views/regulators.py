@@ -496,12 +496,22 @@ def _corrections(view: Any) -> QuerySet[CorrectionProposal]:
     ).select_related("proposed_by", "decided_by")
 
 
+class CorrectionFilter(django_filters.FilterSet):
+    # A plain number, not django-filter's default choice of every institution: an id outside the
+    # jurisdiction must answer as one that does not exist (an empty page), not as a valid choice.
+    institution = django_filters.NumberFilter(field_name="institution_id", min_value=1, max_value=MAX_ID)
+
+    class Meta:
+        model = CorrectionProposal
+        fields = ["state", "institution"]
+
+
 class RegulatorCorrectionsView(ApiListView):
     """人工调账 Correction proposals; POST proposes one (a second regulator must approve it)."""
 
     permission_classes = (IsRegulator,)
     serializer_class = CorrectionOutput
-    filterset_fields = ["state", "institution"]
+    filterset_class = CorrectionFilter
     ordering_fields = ["id", "proposed_at"]
 
     class InputSerializer(serializers.Serializer):
@@ -740,6 +750,7 @@ class RegulatorInboxView(ApiListView):
 
     class InboxFilter(django_filters.FilterSet):
         unread = django_filters.BooleanFilter(field_name="read_at", lookup_expr="isnull")
+        alert = django_filters.NumberFilter(field_name="alert_id", min_value=1, max_value=MAX_ID)
 
         class Meta:
             model = InboxMessage

@@ -365,3 +365,21 @@ def test_lists_show_only_the_callers_objects(world: World, name: str) -> None:
     listed = {row["id"] for row in response.json()["results"] if "id" in row}
     assert own(world) <= listed
     assert not (foreign(world) & listed)
+
+
+@pytest.mark.parametrize(
+    ("name", "parameter", "foreign"),
+    [
+        ("api:regulator-corrections", "institution", lambda world: world.remote.pk),
+        ("api:regulator-inbox", "alert", lambda world: world.other_alert.pk),
+    ],
+)
+def test_filtering_by_another_partys_id_answers_as_for_an_id_that_does_not_exist(
+    world: World, name: str, parameter: str, foreign: Any
+) -> None:
+    # Otherwise a filter tells which ids exist elsewhere (a list of everyone's ids to choose from).
+    client = world.client("regulator")
+    theirs = client.get(reverse(name), {parameter: foreign(world)})
+    nobodys = client.get(reverse(name), {parameter: 999_999_999})
+    assert theirs.status_code == nobodys.status_code == 200, (theirs.content[:300], nobodys.content[:300])
+    assert theirs.json()["count"] == nobodys.json()["count"] == 0
