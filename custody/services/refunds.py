@@ -100,7 +100,8 @@ def claim_refund(*, contract: Contract, note: str = "", idempotency_key: str) ->
         if locked.state != ContractState.ACTIVE:
             raise RuleViolation(
                 "refund_not_allowed",
-                f"合同状态为{locked.state}，不能申请退费 a {locked.state} contract cannot be refunded",
+                f"合同状态为{ContractState(locked.state).label}，只有履行中的合同可以申请退费 "
+                "only an active contract can be refunded",
                 contract=locked.number,
                 state=locked.state,
             )

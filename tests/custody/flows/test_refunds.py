@@ -200,6 +200,9 @@ def test_claims_are_idempotent_one_at_a_time_and_only_for_refundable_contracts(
     with pytest.raises(RuleViolation) as info:
         claim_refund(contract=unpaid, idempotency_key="claim-8")
     assert info.value.rule == "refund_not_allowed"
+    # Said in words, Chinese and English, not as the state's code.
+    assert info.value.message.startswith("合同状态为待支付 awaiting payment，"), info.value.message
+    assert "awaiting_payment" not in info.value.message
     with pytest.raises(RuleViolation) as info:
         claim_refund(contract=unpaid, idempotency_key="claim-6")
     assert info.value.rule == "idempotency_key_reused"
