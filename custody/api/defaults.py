@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from rest_framework.exceptions import ParseError
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -10,6 +10,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
+from rest_framework.settings import DEFAULTS, IMPORT_STRINGS, APISettings
 
 
 class DenyAll(BasePermission):
@@ -58,3 +59,11 @@ class JsonContentNegotiation(DefaultContentNegotiation):
         ):
             return renderers[0], renderers[0].media_type
         return super().select_renderer(request, renderers, format_suffix)
+
+
+class NoFormatOverrideNegotiation(JsonContentNegotiation):
+    """For a list whose own filter is named ``format`` (bank statements: csv, xlsx, camt053, mt940): DRF's
+    ``?format=`` renderer override is off, so the parameter reaches the filter. Without this, ``?format=csv``
+    looked for a CSV renderer and answered 404."""
+
+    settings = cast(Any, APISettings(cast(Any, {"URL_FORMAT_OVERRIDE": None}), DEFAULTS, IMPORT_STRINGS))

@@ -20,6 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from custody.api.base import MAX_ID, ApiListView, ApiView, validated
+from custody.api.defaults import NoFormatOverrideNegotiation
 from custody.api.idempotency import idempotent
 from custody.api.money import MoneyField, SignedMoneyField
 from custody.api.outputs import InstitutionMoneyOutput, PaymentOutput, PayoutOutput
@@ -180,6 +181,7 @@ class BankStatementsView(ApiListView):
     permission_classes = (IsBankOperator,)
     serializer_class = StatementOutput
     filterset_fields = ["account_number", "format", "statement_id"]
+    content_negotiation_class = NoFormatOverrideNegotiation  # "format" is the filter above
     ordering_fields = ["id", "period_end"]
     parser_classes = (MultiPartParser,)
 

@@ -569,6 +569,10 @@ def test_the_bank_uploads_statements_of_its_own_accounts(world: World) -> None:
     assert junk.status_code == 422 and junk.json()["error"]["code"] == "statement_error"
     listed = ok(bank.get("/api/v1/bank/statements/"))
     assert [s["id"] for s in listed["results"]] == [first["id"]]
+    # The schema's ``format`` filter is the statement's file format, not DRF's ?format= renderer override.
+    csv = ok(bank.get("/api/v1/bank/statements/", {"format": "csv"}))
+    assert [s["id"] for s in csv["results"]] == [first["id"]]
+    assert ok(bank.get("/api/v1/bank/statements/", {"format": "mt940"}))["count"] == 0
 
 
 # --- signed callbacks ---------------------------------------------------------------------------------------
