@@ -28,6 +28,7 @@ from custody.models import (
     TrainingCategory,
 )
 from custody.services.lessons import MAX_LESSON_HOURS
+from custody.web.templatetags import label
 from ledger.money import cny
 from reconciliation.errors import ReconciliationError
 
@@ -37,19 +38,19 @@ MAX_YUAN = Decimal("100000000000")  # far above any cap; keeps amounts inside th
 def apply_error(
     form: forms.Form, error: CustodyError | ReconciliationError, *, field_map: Mapping[str, str] | None = None
 ) -> None:
-    """Show ``error`` beside the field it names (after ``field_map``), else above the form."""
+    """Show ``error`` beside the field it names (after ``field_map``), else above the form, in the page's
+    language (the services' messages are bilingual, "须填写备注 a note is required")."""
     field = getattr(error, "field", None) or str(error.details.get("field") or "")
     field = (field_map or {}).get(field, field)
     target = field if field in form.fields else None
-    form.add_error(target, ValidationError(error.message, code=getattr(error, "code", "custody_error")))
+    message = label(error.message)
+    form.add_error(target, ValidationError(message, code=getattr(error, "code", "custody_error")))
 
 
 def _labels(choices: list[tuple[str, str]]) -> Any:
     """A model's bilingual choice labels, shown in the page's language (chosen when the form is built)."""
 
     def localised() -> list[tuple[str, str]]:
-        from custody.web.templatetags import label
-
         return [(value, label(text)) for value, text in choices]
 
     return localised

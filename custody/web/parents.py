@@ -32,6 +32,7 @@ from custody.services.lessons import confirm_lesson, dispute_lesson
 from custody.services.refunds import claim_refund
 from custody.web.base import actor_of, is_htmx, role_required
 from custody.web.forms import DisputeForm, RefundClaimForm, apply_error
+from custody.web.templatetags import label
 from ledger.proofs import ProofError
 
 
@@ -130,7 +131,7 @@ def lesson_confirm(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         lesson = confirm_lesson(lesson=lesson)
     except CustodyError as exc:
-        return _lesson_answer(request, Lesson.objects.get(pk=lesson.pk), error=exc.message)
+        return _lesson_answer(request, Lesson.objects.get(pk=lesson.pk), error=label(exc.message))
     return _lesson_answer(request, lesson)
 
 
@@ -187,7 +188,7 @@ def contract_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         cancel_unpaid_contract(contract=contract)
     except CustodyError as exc:
-        messages.error(request, exc.message)
+        messages.error(request, label(exc.message))
     else:
         messages.success(request, _("合同已取消，没有发生任何扣款。"))
     return redirect("web:parent-contract", pk=contract.pk)

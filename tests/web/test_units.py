@@ -3,6 +3,7 @@ field they name, money and bilingual labels render as the pages show them."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -45,7 +46,7 @@ def test_a_rule_violation_lands_beside_the_field_it_names() -> None:
     apply_error(
         form, RuleViolation("guidance_price", "课时单价超过上限 above the cap", field="price_per_hour")
     )
-    assert "课时单价超过上限 above the cap" in form.errors["price_per_hour"]
+    assert "课时单价超过上限" in form.errors["price_per_hour"]  # the page's language (zh-hans) only
 
 
 def test_a_service_field_is_renamed_and_an_unknown_field_goes_above_the_form() -> None:
@@ -72,3 +73,73 @@ def test_money_and_labels_render_as_the_pages_show_them() -> None:
     with translation.override("en"):
         assert label("待确认 awaiting confirmation") == "awaiting confirmation"
         assert label("异常停办 abnormal (immediate freeze)") == "abnormal (immediate freeze)"
+
+
+@pytest.mark.parametrize(
+    ("language", "shown", "hidden"),
+    [
+        ("zh-hans", "一次收费不能超过60课时（含赠课），本次61课时", "one charge may cover"),
+        ("en", "one charge may cover at most 60 hours including gift hours, not 61", "一次收费"),
+    ],
+)
+def test_a_refusal_beside_the_field_is_in_the_pages_language_only(
+    language: str, shown: str, hidden: str
+) -> None:
+    """The services' messages are bilingual; the page shows the half in its own language, as labels are."""
+    from django.contrib.auth.models import User
+
+    from custody.models import ClassSizeBand, TeachingMode, TrainingCategory
+    from custody.services.access import grant_institution_staff
+    from custody.services.calendar import local_today
+    from custody.services.courses import publish_course
+    from custody.services.institutions import register_institution
+    from custody.services.policy import ensure_jurisdiction
+    from ledger.money import cny
+    from tests.custody.conftest import unique_phone, valid_id_number
+
+    institution = register_institution(
+        jurisdiction=ensure_jurisdiction(code="310104", name="徐汇区"),
+        name="培训机构",
+        licence_number="教民000000000001",
+        category=TrainingCategory.SUBJECT,
+        custody_bank_name="中国工商银行徐汇支行",
+        custody_account_number="1001000000000001",
+        settlement_account_number="2002000000000001",
+    )
+    course = publish_course(
+        institution=institution,
+        name="初二数学",
+        subject="数学",
+        category=TrainingCategory.SUBJECT,
+        class_size_band=ClassSizeBand.SMALL,
+        mode=TeachingMode.OFFLINE,
+        price_per_hour=cny("80.00"),
+        starts_on=local_today() + timedelta(days=14),
+    )
+    clerk = User.objects.create_user(username="clerk", password="x")
+    grant_institution_staff(user=clerk, institution=course.institution, role="manager")
+    client = Client()
+    client.force_login(clerk)
+    client.cookies["django_language"] = language
+    starts = course.starts_on
+    response = client.post(
+        "/institution/enrol/",
+        {
+            "guardian_name": "张红",
+            "guardian_phone": unique_phone(),
+            "guardian_id_number": valid_id_number("19840829"),
+            "student_name": "张一诺",
+            "student_id_number": valid_id_number(),
+            "course": course.pk,
+            "paid_hours": 61,
+            "gift_hours": 0,
+            "amount": "61.00",
+            "service_starts_on": starts.isoformat(),
+            "service_ends_on": (starts + timedelta(days=30)).isoformat(),
+        },
+    )
+
+    assert response.status_code == 200
+    errors = response.context["form"].errors["paid_hours"]
+    assert errors == [shown]
+    assert hidden not in response.content.decode()
