@@ -3,6 +3,7 @@
 - ``yuan``: integer fen → ``¥1,234.50`` (``-¥0.01`` below zero); money is never a float on the way.
 - ``label``: a bilingual label or message of the domain (``"待确认 awaiting confirmation"``) → the part in
   the page's language; a label with no English part is shown whole.
+- ``entry_kind``: a ledger entry's kind (``payout_release``) → its name in the page's language.
 - ``local``: an aware datetime → ``2024-03-04 10:00`` in Asia/Shanghai.
 """
 
@@ -46,6 +47,26 @@ def split_label(text: str) -> tuple[str, str]:
 def label(text: Any) -> str:
     zh, en = split_label(str(text or ""))
     return en if translation.get_language() == "en" else zh
+
+
+# The kinds of entry custody posts (custody/services/*: ``post_entry(kind=…)``), named as the pages name them.
+ENTRY_KINDS = {
+    "payment": "缴费 payment",
+    "settlement": "缴费到账 settled into custody",
+    "lesson": "消课 lesson",
+    "payout_release": "拨付机构 release to the institution",
+    "refund": "退费 refund",
+    "payout_refund": "退费划款 refund paid back",
+    "reserve_deposit": "缴存保证金 reserve deposit",
+    "reserve_release": "退还保证金 reserve released",
+    "reserve_applied": "保证金垫付退费 reserve applied to refunds",
+    "correction": "调账 correction",
+}
+
+
+@register.filter
+def entry_kind(kind: Any) -> str:
+    return label(ENTRY_KINDS.get(str(kind), str(kind)))
 
 
 @register.filter

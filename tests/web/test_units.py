@@ -143,3 +143,16 @@ def test_a_refusal_beside_the_field_is_in_the_pages_language_only(
     errors = response.context["form"].errors["paid_hours"]
     assert errors == [shown]
     assert hidden not in response.content.decode()
+
+
+def test_a_ledger_entry_kind_is_named_in_the_pages_language_not_by_its_code() -> None:
+    """The regulator's postings table showed 'payout_release' and 'settlement' on Chinese pages."""
+    from django.template import Context, Template
+
+    template = Template("{% load web %}{{ kind|entry_kind }}")
+    with translation.override("zh-hans"):
+        assert template.render(Context({"kind": "payout_release"})) == "拨付机构"
+        assert template.render(Context({"kind": "settlement"})) == "缴费到账"
+    with translation.override("en"):
+        assert template.render(Context({"kind": "payout_release"})) == "release to the institution"
+    assert template.render(Context({"kind": "something_new"})) == "something_new"  # an unknown kind as is
