@@ -57,6 +57,7 @@ ENTRY_KINDS = {
     "payout_release": "拨付机构 release to the institution",
     "refund": "退费 refund",
     "payout_refund": "退费划款 refund paid back",
+    "payout_reserve_refund": "保证金退费划款 refund paid from the reserve",
     "reserve_deposit": "缴存保证金 reserve deposit",
     "reserve_release": "退还保证金 reserve released",
     "reserve_applied": "保证金垫付退费 reserve applied to refunds",

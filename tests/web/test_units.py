@@ -156,3 +156,19 @@ def test_a_ledger_entry_kind_is_named_in_the_pages_language_not_by_its_code() ->
     with translation.override("en"):
         assert template.render(Context({"kind": "payout_release"})) == "release to the institution"
     assert template.render(Context({"kind": "something_new"})) == "something_new"  # an unknown kind as is
+
+
+def test_every_entry_kind_the_custody_services_post_has_a_name() -> None:
+    """A kind added to a service without a name would show as its code on the regulator's pages."""
+    import re
+    from pathlib import Path
+
+    from custody.services.payouts import REFUND_FROM_RESERVE_KIND
+    from custody.web.templatetags import ENTRY_KINDS
+
+    services = Path(__file__).resolve().parents[2] / "custody" / "services"
+    posted = {REFUND_FROM_RESERVE_KIND}
+    for source in services.glob("*.py"):
+        posted |= set(re.findall(r'\bkind="([a-z_]+)"', source.read_text(encoding="utf-8")))
+    assert {"lesson", "settlement", "payout_release"} <= posted  # the scan finds the services' kinds
+    assert posted - ENTRY_KINDS.keys() == set()
